@@ -1,0 +1,151 @@
+"""The `vista` command line.
+
+Each subcommand lives in a small ``_cmd_*`` function; heavy imports happen
+inside them so `vista --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from summarizer.config import ConfigError, SynthConfig, VistaConfig, config_to_toml, load_config
+
+
+def _print_counts(title: str, counts: dict[str, int]) -> None:
+    print(title)
+    if not counts:
+        print("  (none)")
+    for reason, count in counts.items():
+        print(f"  {reason:<22} {count:>12,}")
+
+
+def _cmd_config_show(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    if args.json:
+        print(cfg.model_dump_json(indent=2))
+    else:
+        print(config_to_toml(cfg), end="")
+    return 0
+
+
+def _cmd_data_synth(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from summarizer import synth
+
+    flags = {"n_users": args.users, "max_events": args.max_events, "seed": args.seed}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    scfg = SynthConfig.model_validate({**cfg.synth.model_dump(), **overrides})
+    out = args.out or cfg.data.events_dir
+    summary = synth.generate(scfg, out, progress=not args.quiet, num_actions=cfg.data.num_actions)
+    print(
+        f"wrote {summary.n_events:,} events for {summary.n_users:,} users over "
+        f"{len(summary.days)} days ({summary.days[0]} .. {summary.days[-1]}) to {out}"
+    )
+    print(f"longest history: user {summary.longest_user} with {summary.longest_events:,} events")
+    _print_counts("bad rows injected (validation must quarantine them):", summary.injected_bad_rows)
+    return 0
+
+
+def _cmd_data_ingest(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from summarizer import movielens
+
+    out = args.out or cfg.data.events_dir
+    rows, days = movielens.ingest(args.path, out)
+    print(f"ingested {rows:,} ratings into {len(days)} day partitions under {out}")
+    return 0
+
+
+def _cmd_data_validate(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from summarizer.validation import SchemaMismatchError, validate_dataset
+
+    src = args.input or cfg.data.events_dir
+    try:
+        report = validate_dataset(
+            src,
+            args.valid_out or cfg.data.valid_dir,
+            args.quarantine_out or cfg.data.quarantine_dir,
+            num_actions=cfg.data.num_actions,
+            max_clock_skew_s=cfg.data.max_clock_skew_s,
+            days=args.day or None,
+            progress=not args.quiet,
+        )
+    except SchemaMismatchError as exc:
+        print(f"schema mismatch: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(
+        f"validated {report.n_input:,} rows in {len(report.days)} day partitions "
+        f"({report.seconds:.1f}s): {report.n_valid:,} valid, {report.n_quarantined:,} quarantined"
+    )
+    _print_counts("quarantined by reason:", report.counts)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vista",
+        description="vista-memory: lifelong user memory for recommendation models.",
+    )
+    parser.add_argument(
+        "--config", help="TOML config file (default: $VISTA_CONFIG or ./vista.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="show the effective configuration")
+    config_sub = config.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    show = config_sub.add_parser("show", help="print defaults + file + VISTA_* overrides, as TOML")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show.set_defaults(func=_cmd_config_show)
+
+    data = sub.add_parser("data", help="generate, ingest and validate event data")
+    data_sub = data.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    syn = data_sub.add_parser(
+        "synth", help="generate the synthetic lifelong dataset ([synth] config)"
+    )
+    syn.add_argument("--out", help="output folder (default: data.events_dir)")
+    syn.add_argument("--users", type=int, help="override synth.n_users")
+    syn.add_argument("--max-events", type=int, help="override synth.max_events")
+    syn.add_argument("--seed", type=int, help="override synth.seed")
+    syn.add_argument("--quiet", action="store_true", help="no progress bar")
+    syn.set_defaults(func=_cmd_data_synth)
+
+    ing = data_sub.add_parser(
+        "ingest-movielens", help="convert MovieLens ratings.csv / u.data / ratings.dat to events"
+    )
+    ing.add_argument("path", help="a ratings file or a MovieLens folder")
+    ing.add_argument("--out", help="output folder (default: data.events_dir)")
+    ing.set_defaults(func=_cmd_data_ingest)
+
+    val = data_sub.add_parser(
+        "validate", help="split events into valid rows and a quarantine with reasons"
+    )
+    val.add_argument("--input", help="events folder (default: data.events_dir)")
+    val.add_argument("--valid-out", help="default: data.valid_dir")
+    val.add_argument("--quarantine-out", help="default: data.quarantine_dir")
+    val.add_argument("--day", action="append", help="only this day (repeatable)")
+    val.add_argument("--json", action="store_true", help="print the report as JSON")
+    val.add_argument("--quiet", action="store_true", help="no progress bar")
+    val.set_defaults(func=_cmd_data_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(cfg, args))
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

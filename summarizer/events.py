@@ -1,0 +1,165 @@
+"""The event data contract: schema, actions, and day-partitioned Parquet I/O.
+
+One row per event: ``user_id int64, ts int64 (unix seconds), item_id int64,
+action int16`` and an optional ``weight float32`` (rating, dwell, ...). On disk
+events are Parquet files under ``dt=YYYY-MM-DD`` folders (the UTC day the
+events were delivered, normally the day of ``ts``; late events land in a later
+day's folder and keep their own ``ts``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64()),
+        pa.field("ts", pa.int64()),
+        pa.field("item_id", pa.int64()),
+        pa.field("action", pa.int16()),
+        pa.field("weight", pa.float32()),
+    ]
+)
+REQUIRED_COLUMNS = ("user_id", "ts", "item_id", "action")
+OPTIONAL_COLUMNS = ("weight",)
+PARTITION_KEY = "dt"
+SECONDS_PER_DAY = 86_400
+_MAX_TS = 253_402_214_400 - 1  # 9999-12-31T23:59:59Z: later (bad) timestamps share that day folder
+
+
+class Action(enum.IntEnum):
+    """Built-in action codes. Datasets may use any code in 0..num_actions-1."""
+
+    IMPRESSION = 0  # shown, not engaged
+    CLICK = 1
+    LIKE = 2
+    RATE = 3  # explicit rating; the value is in ``weight``
+
+
+def day_of(ts: int) -> str:
+    """The UTC day (YYYY-MM-DD) of a unix timestamp."""
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def day_bounds(day: str) -> tuple[int, int]:
+    """[start, end) unix seconds of a UTC day given as YYYY-MM-DD."""
+    try:
+        start = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise ValueError(f"not a day in YYYY-MM-DD form: {day!r}") from exc
+    t0 = int(start.timestamp())
+    return t0, t0 + SECONDS_PER_DAY
+
+
+def days_of(ts: np.ndarray) -> np.ndarray:
+    """UTC day strings for an array of unix seconds (vectorized)."""
+    return np.datetime_as_string(ts.astype("datetime64[s]"), unit="D")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Cast a table that already passed the schema check to EVENT_SCHEMA (adds a null weight)."""
+    if "weight" not in table.column_names:
+        table = table.append_column("weight", pa.nulls(table.num_rows, pa.float32()))
+    return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+
+
+def write_day(
+    table: pa.Table, root: str | os.PathLike[str], day: str, name: str = "part-0"
+) -> Path:
+    """Write one day's events as ``root/dt=day/name.parquet``, replacing that file atomically."""
+    folder = Path(root) / f"{PARTITION_KEY}={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{name}.parquet"
+    tmp = folder / f".{name}.parquet.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)
+    return final
+
+
+def write_partitioned(
+    table: pa.Table,
+    root: str | os.PathLike[str],
+    name: str = "part-0",
+    arrival_ts: np.ndarray | None = None,
+) -> list[str]:
+    """Split a table by day and write one file per day. Returns the days.
+
+    The day is that of ``arrival_ts`` (when the event was delivered) if given,
+    else of ``ts``.
+    """
+    if table.num_rows == 0:
+        return []
+    if arrival_ts is None:
+        # Rows without a usable ts are kept (in the epoch day) for validation to quarantine.
+        arrival_ts = pc.fill_null(table.column("ts"), 0).to_numpy(zero_copy_only=False)
+    day_index = np.clip(arrival_ts, 0, _MAX_TS) // SECONDS_PER_DAY
+    order = np.argsort(day_index, kind="stable")
+    table = table.take(pa.array(order))
+    day_index = day_index[order]
+    starts = np.flatnonzero(np.r_[True, day_index[1:] != day_index[:-1]])
+    ends = np.r_[starts[1:], len(day_index)]
+    days = days_of(day_index[starts] * SECONDS_PER_DAY)
+    for day, a, b in zip(days, starts, ends, strict=True):
+        write_day(table.slice(a, b - a), root, str(day), name)
+    return [str(d) for d in days]
+
+
+def list_days(root: str | os.PathLike[str]) -> list[str]:
+    """Days present under a partitioned root, sorted."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    prefix = f"{PARTITION_KEY}="
+    return sorted(
+        p.name[len(prefix) :] for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)
+    )
+
+
+def day_path(root: str | os.PathLike[str], day: str) -> Path:
+    return Path(root) / f"{PARTITION_KEY}={day}"
+
+
+def read_day(root: str | os.PathLike[str], day: str) -> pa.Table:
+    """All rows of one day partition, with the file's own columns (not yet validated)."""
+    folder = day_path(root, day)
+    if not folder.exists():
+        raise FileNotFoundError(f"no events partition {folder}")
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    if not files:
+        return EVENT_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+
+
+def dataset(root: str | os.PathLike[str]) -> ds.Dataset:
+    """The partitioned events as a pyarrow dataset (``dt`` as a string column)."""
+    return ds.dataset(
+        str(root),
+        format="parquet",
+        partitioning=ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive"),
+        exclude_invalid_files=True,
+    )
+
+
+def iter_batches(
+    root: str | os.PathLike[str], columns: list[str] | None = None, batch_size: int = 1 << 17
+) -> Iterator[pa.RecordBatch]:
+    """Stream a partitioned dataset in bounded record batches."""
+    yield from dataset(root).to_batches(columns=columns, batch_size=batch_size)
+
+
+def sort_events(table: pa.Table) -> pa.Table:
+    """Order by user, then time, then item (the order summaries are folded in)."""
+    idx = pc.sort_indices(
+        table, sort_keys=[("user_id", "ascending"), ("ts", "ascending"), ("item_id", "ascending")]
+    )
+    return table.take(idx)

@@ -1,0 +1,27 @@
+"""Shared fixtures. Runs before any test module is imported."""
+
+from __future__ import annotations
+
+import os
+
+# The Triton interpreter must be chosen before any kernel module is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No VISTA_* variables from the caller's shell leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("VISTA_"):
+            monkeypatch.delenv(key)
