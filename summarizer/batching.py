@@ -1,0 +1,233 @@
+"""Training/evaluation forward pass in the causal form.
+
+A ``TargetBatch`` holds a few users' histories back to back and, per user,
+requests at positions p: "score these candidates given the events before p".
+One pass over each user's events yields the memory for every request of that
+user (VISTA: prefix states by segment sums, then a batched read-out), not one
+pass per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from kernels import linear_attention_prefix_states
+from summarizer.encoder import EventBatch, previous_times_jagged
+from summarizer.model import VistaModel
+from summarizer.ranker import context_features
+
+RECON_PAST = 3  # past events rebuilt per request, besides the next one
+
+
+@dataclasses.dataclass
+class TargetBatch:
+    events: EventBatch  # users back to back, each in time order
+    offsets: torch.Tensor  # (U+1,) event offsets per user
+    req_user: torch.Tensor  # (R,) user index of each request, non-decreasing
+    req_pos: torch.Tensor  # (R,) history length: the request sees events [0, p) of its user
+    req_ts: torch.Tensor  # (R,) request time (for recency)
+    cand_offsets: torch.Tensor  # (R+1,)
+    cand_item: torch.Tensor  # (C,)
+    cand_label: torch.Tensor  # (C,) float 0/1
+    cand_rating: torch.Tensor  # (C,) float, NaN where none
+
+
+@dataclasses.dataclass
+class BatchOutput:
+    logits: torch.Tensor  # (C,)
+    ratings: torch.Tensor | None  # (C,)
+    recon_loss: torch.Tensor | None
+
+
+def _windows(batch: TargetBatch, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global event indices of each request's last-k window (k None: whole prefix), and offsets."""
+    start_u = batch.offsets[:-1][batch.req_user]
+    p = batch.req_pos
+    lengths = p if k is None else p.clamp(max=k)
+    first = start_u + p - lengths
+    offs = torch.zeros(len(p) + 1, dtype=torch.long)
+    offs[1:] = torch.cumsum(lengths, 0)
+    req = torch.repeat_interleave(torch.arange(len(p)), lengths)
+    idx = first[req] + torch.arange(int(offs[-1])) - offs[:-1][req]
+    return idx, offs
+
+
+def _pad(flat: torch.Tensor, offs: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jagged (N, d) -> (R, width, d) and a padding mask (True = pad)."""
+    R = offs.numel() - 1
+    lengths = offs[1:] - offs[:-1]
+    req = torch.repeat_interleave(torch.arange(R), lengths)
+    pos = torch.arange(flat.shape[0]) - offs[:-1][req]
+    out = flat.new_zeros(R, max(width, 1), flat.shape[1])
+    out[req, pos] = flat
+    pad = torch.arange(max(width, 1)).unsqueeze(0) >= lengths.unsqueeze(1)
+    return out, pad
+
+
+def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) -> BatchOutput:
+    spec = model.spec
+    ranker = model.ranker
+    e = model.encoder(batch.events, previous_times_jagged(batch.events.ts, batch.offsets))
+    R = batch.req_pos.numel()
+    cand = ranker.embed_candidates(batch.cand_item)
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    start_u = batch.offsets[:-1][batch.req_user]
+    last_idx = (start_u + batch.req_pos - 1).clamp(min=0)
+    hours = torch.where(
+        batch.req_pos > 0,
+        (batch.req_ts - batch.events.ts[last_idx]).float() / 3600.0,
+        torch.zeros(R),
+    )
+    ctx = context_features(batch.req_pos, hours)
+    ctx_c = torch.repeat_interleave(ctx, n_per_req, dim=0)
+    recon_loss = None
+    H, D = spec.num_heads, spec.d_model // spec.num_heads
+
+    if spec.kind == "vista":
+        summ = model.require_summarizer()
+        phi_k, v = summ.keys_values(e)
+        states = []
+        for u in range(batch.offsets.numel() - 1):
+            a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+            sel = batch.req_user == u
+            if not bool(sel.any()):
+                continue
+            nk, nv = phi_k[a:b], v[a:b]
+            L = nk.shape[1]
+            per_layer = [
+                linear_attention_prefix_states(nk[:, layer], nv[:, layer], batch.req_pos[sel])
+                for layer in range(L)
+            ]
+            states.append(torch.stack(per_layer, dim=1))
+        kv = torch.cat(states, 0)  # (R, L, H, F, D)
+        tokens = summ.readout_batch(kv, batch.req_pos)  # (R, K, d)
+        K = tokens.shape[1]
+        k, vv = ranker.project_memory(tokens.reshape(R * K, -1))
+        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, torch.arange(R + 1) * K, ctx)
+        if recon and model.recon is not None:
+            recon_loss = _reconstruction_loss(model, tokens, e, batch)
+        return BatchOutput(logits, ratings, recon_loss)
+
+    if spec.kind == "none":
+        empty = e.new_zeros(0, H, D)
+        logits, ratings = ranker(
+            cand, empty, empty, batch.cand_offsets, torch.zeros(R + 1, dtype=torch.long), ctx
+        )
+        return BatchOutput(logits, ratings, None)
+
+    if spec.kind == "mean":
+        cs = torch.cat([e.new_zeros(1, e.shape[1]), torch.cumsum(e, 0)])
+        has = batch.req_pos > 0
+        mean = (cs[start_u + batch.req_pos] - cs[start_u]) / batch.req_pos.clamp(min=1).unsqueeze(1)
+        k, vv = ranker.project_memory(mean[has])
+        offs = torch.zeros(R + 1, dtype=torch.long)
+        offs[1:] = torch.cumsum(has.long(), 0)
+        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, offs, ctx)
+        return BatchOutput(logits, ratings, None)
+
+    if spec.kind == "full":
+        return BatchOutput(*_full_attention(model, e, cand, ctx_c, batch), None)
+
+    idx, offs = _windows(batch, spec.last_k)
+    window = e[idx]
+    if spec.kind == "din":
+        k, vv = ranker.project_memory(window)
+        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, offs, ctx)
+        return BatchOutput(logits, ratings, None)
+    if spec.kind == "linkedin":
+        assert model.history_layer is not None
+        padded, pad = _pad(window, offs, spec.last_k)
+        mixed = model.history_layer(padded, src_key_padding_mask=pad)
+        k, vv = ranker.project_memory(mixed[~pad])
+        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, offs, ctx)
+        return BatchOutput(logits, ratings, None)
+    if spec.kind == "transact":
+        return BatchOutput(*_early_fusion(model, window, offs, cand, ctx_c, batch), None)
+    raise ValueError(f"unknown model kind {spec.kind!r}")
+
+
+def _full_attention(
+    model: VistaModel, e: torch.Tensor, cand: torch.Tensor, ctx_c: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target attention over every earlier event: per user, a causal mask over its events."""
+    ranker = model.ranker
+    H, D = model.spec.num_heads, model.spec.d_model // model.spec.num_heads
+    cand_req = torch.repeat_interleave(
+        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    )
+    cand_user = batch.req_user[cand_req]
+    cand_p = batch.req_pos[cand_req]
+    out = cand.new_zeros(cand.shape[0], model.spec.d_model)
+    q_all = ranker.q(cand).view(-1, H, D)
+    for u in range(batch.offsets.numel() - 1):
+        sel = torch.nonzero(cand_user == u).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+        k, v = ranker.project_memory(e[a:b])
+        visible = torch.arange(b - a).unsqueeze(0) < cand_p[sel].unsqueeze(1)  # (m, n)
+        q = q_all[sel].transpose(0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(
+            q,
+            k.transpose(0, 1).unsqueeze(0),
+            v.transpose(0, 1).unsqueeze(0),
+            attn_mask=visible.unsqueeze(0),
+        )[0].transpose(0, 1)
+        o = torch.nan_to_num(o) * visible.any(1).view(-1, 1, 1)  # no history: nothing attended
+        out = out.index_copy(0, sel, o.reshape(-1, model.spec.d_model))
+    return ranker.head(cand, out, ctx_c)
+
+
+def _early_fusion(
+    model: VistaModel,
+    window: torch.Tensor,
+    offs: torch.Tensor,
+    cand: torch.Tensor,
+    ctx_c: torch.Tensor,
+    batch: TargetBatch,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TransAct: [event ; candidate] tokens for the last k events, a transformer layer, mean+max pool."""
+    assert model.fusion is not None
+    k = model.spec.last_k
+    padded, pad = _pad(window, offs, k)  # (R, k, d)
+    cand_req = torch.repeat_interleave(
+        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    )
+    ev = padded[cand_req]
+    pm = pad[cand_req]
+    z = model.fusion["mix_in"](torch.cat([ev, cand.unsqueeze(1).expand_as(ev)], dim=-1))
+    all_pad = pm.all(1)
+    pm_safe = pm.clone()
+    pm_safe[all_pad, 0] = False  # keep the layer defined; the result is zeroed below
+    z = model.fusion["layer"](z, src_key_padding_mask=pm_safe)
+    keep = (~pm).unsqueeze(-1).float()
+    mean = (z * keep).sum(1) / keep.sum(1).clamp(min=1)
+    mx = z.masked_fill(pm.unsqueeze(-1), float("-inf")).max(1).values
+    mx = torch.where(all_pad.unsqueeze(1), torch.zeros_like(mx), mx)
+    fused = model.fusion["mix_out"](torch.cat([mean, mx], dim=1)) * (~all_pad).unsqueeze(1)
+    return model.ranker.head(cand, fused, ctx_c)
+
+
+def _reconstruction_loss(
+    model: VistaModel, tokens: torch.Tensor, e: torch.Tensor, batch: TargetBatch
+) -> torch.Tensor:
+    """Rebuild the next event and RECON_PAST random past events of each request from its tokens."""
+    assert model.recon is not None
+    p = batch.req_pos
+    R = p.numel()
+    start_u = batch.offsets[:-1][batch.req_user]
+    end_u = batch.offsets[1:][batch.req_user]
+    gen = torch.Generator().manual_seed(int(p.sum()))
+    past = (torch.rand(R, RECON_PAST, generator=gen) * p.unsqueeze(1).float()).long()
+    t = torch.cat([p.unsqueeze(1), past], dim=1)  # (R, 1 + RECON_PAST)
+    valid = torch.cat(
+        [(start_u + p < end_u).unsqueeze(1), (p > 0).unsqueeze(1).expand(R, RECON_PAST)], dim=1
+    )
+    gidx = (start_u.unsqueeze(1) + t).clamp(max=e.shape[0] - 1)
+    target = e[gidx].detach()
+    pred = model.recon(tokens, t, p)
+    err = ((pred - target) ** 2).mean(-1)
+    return (err * valid).sum() / valid.sum().clamp(min=1)

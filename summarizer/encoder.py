@@ -1,0 +1,175 @@
+"""Event encoding: one d-dimensional vector per event.
+
+An event's vector depends only on the event itself and the time of the event
+before it (the gap), never on "now", so summaries can be folded incrementally.
+Item ids are hashed twice into a fixed table (unseen ids still get a vector;
+two hashes make a full collision between two items unlikely).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+SECONDS_PER_DAY = 86_400
+_HASH_A = 0x9E3779B1  # odd 32-bit multipliers (Knuth / golden ratio)
+_HASH_B = 0x85EBCA77
+N_TIME_FEATURES = 5
+WEIGHT_SCALE = 5.0  # ratings are 0.5..5; keeps the weight feature near unit scale
+
+
+@dataclasses.dataclass
+class EventBatch:
+    """A user's events (or a slice of them) as tensors, in time order."""
+
+    item_id: torch.Tensor  # int64 (n,)
+    ts: torch.Tensor  # int64 (n,)
+    action: torch.Tensor  # int64 (n,)
+    weight: torch.Tensor  # float32 (n,), NaN where absent
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    def slice(self, start: int, stop: int) -> EventBatch:
+        return EventBatch(
+            self.item_id[start:stop],
+            self.ts[start:stop],
+            self.action[start:stop],
+            self.weight[start:stop],
+        )
+
+    @staticmethod
+    def empty() -> EventBatch:
+        z = torch.zeros(0, dtype=torch.int64)
+        return EventBatch(z, z.clone(), z.clone(), torch.zeros(0))
+
+    @staticmethod
+    def from_numpy(
+        item_id: np.ndarray, ts: np.ndarray, action: np.ndarray, weight: np.ndarray | None
+    ) -> EventBatch:
+        n = len(item_id)
+        w = (
+            np.full(n, np.nan, dtype=np.float32)
+            if weight is None
+            else np.asarray(weight, dtype=np.float32)
+        )
+        return EventBatch(
+            torch.from_numpy(np.ascontiguousarray(item_id, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(ts, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(action, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(w)),
+        )
+
+    @staticmethod
+    def from_arrow(table: pa.Table | pa.RecordBatch) -> EventBatch:
+        """From columns of the event contract (already validated, sorted by ts)."""
+        weight = table.column("weight") if "weight" in table.schema.names else None
+        w = None
+        if weight is not None:
+            w = weight.cast(pa.float32()).fill_null(float("nan")).to_numpy(zero_copy_only=False)
+        return EventBatch.from_numpy(
+            table.column("item_id").to_numpy(zero_copy_only=False),
+            table.column("ts").to_numpy(zero_copy_only=False),
+            table.column("action").to_numpy(zero_copy_only=False),
+            w,
+        )
+
+
+def hash_ids(ids: torch.Tensor, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent bucket indices per id (int64 arithmetic wraps, deterministically)."""
+    h1 = torch.remainder(ids * _HASH_A + (ids >> 17), buckets)
+    h2 = torch.remainder(ids * _HASH_B + (ids >> 13) + 0x2545F491, buckets)
+    return h1, h2
+
+
+def previous_times(ts: torch.Tensor, prev_ts: int | None) -> torch.Tensor:
+    """Each event's predecessor time; the first event's is ``prev_ts`` (itself if None)."""
+    prev = torch.empty_like(ts)
+    if ts.shape[0]:
+        prev[0] = ts[0] if prev_ts is None else prev_ts
+        prev[1:] = ts[:-1]
+    return prev
+
+
+def previous_times_jagged(ts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """previous_times for users laid back to back; each user's first event has gap 0."""
+    prev = torch.empty_like(ts)
+    if ts.shape[0]:
+        prev[1:] = ts[:-1]
+        starts = offsets[:-1][offsets[:-1] < offsets[1:]]
+        prev[starts] = ts[starts]
+    return prev
+
+
+def time_features(ts: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """(n, 5): hour-of-day and day-of-week on the circle, and the log gap to the previous event.
+
+    Nothing here depends on the wall clock.
+    """
+    two_pi = 2.0 * math.pi
+    sec_of_day = torch.remainder(ts, SECONDS_PER_DAY).float() / SECONDS_PER_DAY
+    dow = (
+        torch.remainder(torch.div(ts, SECONDS_PER_DAY, rounding_mode="floor") + 3, 7).float() / 7.0
+    )
+    gap = torch.log1p((ts - prev).clamp(min=0).float()) / 16.0
+    return torch.stack(
+        [
+            torch.sin(two_pi * sec_of_day),
+            torch.cos(two_pi * sec_of_day),
+            torch.sin(two_pi * dow),
+            torch.cos(two_pi * dow),
+            gap,
+        ],
+        dim=1,
+    )
+
+
+class ItemEmbedding(nn.Module):
+    """Hashed item embedding (two tables summed), shared by events and candidates."""
+
+    def __init__(self, buckets: int, dim: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.table_a = nn.Embedding(buckets, dim)
+        self.table_b = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.table_a.weight, std=0.05)
+        nn.init.normal_(self.table_b.weight, std=0.05)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h1, h2 = hash_ids(ids, self.buckets)
+        return self.table_a(h1) + self.table_b(h2)
+
+
+class EventEncoder(nn.Module):
+    """item + action + time + weight -> d, then a residual MLP so item and action interact."""
+
+    def __init__(self, items: ItemEmbedding, num_actions: int, dim: int) -> None:
+        super().__init__()
+        self.items = items
+        self.num_actions = num_actions
+        self.action = nn.Embedding(num_actions, dim)
+        self.time = nn.Linear(N_TIME_FEATURES, dim)
+        self.weight = nn.Linear(2, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, events: EventBatch, prev: torch.Tensor) -> torch.Tensor:
+        """Encode events; ``prev`` is each event's predecessor time (see previous_times)."""
+        w = events.weight
+        has_w = ~torch.isnan(w)
+        wfeat = torch.stack(
+            [torch.where(has_w, w / WEIGHT_SCALE, torch.zeros_like(w)), has_w.float()], dim=1
+        )
+        action = events.action.clamp(0, self.num_actions - 1)
+        x = (
+            self.items(events.item_id)
+            + self.action(action)
+            + self.time(time_features(events.ts, prev))
+            + self.weight(wfeat)
+        )
+        return self.norm(x + self.mlp(x))

@@ -1,0 +1,192 @@
+"""The whole model: event encoder, a history module (VISTA or a baseline), the ranker.
+
+``ModelSpec.kind`` picks how a user's history becomes memory for the ranker:
+
+* ``vista``   K summary tokens read out of the quasi-linear-attention state (the product);
+* ``none``    no history (the cold-start floor);
+* ``mean``    mean of all event encodings, one token;
+* ``din``     DIN-style target attention over the last ``last_k`` events;
+* ``linkedin`` last ``last_k`` events through a self-attention layer, then candidates
+  cross-attend (append + cross-attention);
+* ``transact`` TransAct-style early fusion: each of the last ``last_k`` events is
+  concatenated with the candidate, a transformer layer mixes them, pooled;
+* ``full``    target attention over the entire history (the expensive upper bound).
+
+All share the encoder, item table and ranker, so they differ only in how much
+of the history they can use and at what online cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from summarizer.encoder import EventBatch, EventEncoder, ItemEmbedding
+from summarizer.ranker import CandidateRanker
+from summarizer.vista import VistaSummarizer
+
+Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full"]
+KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Architecture hyper-parameters; saved as the model's JSON config."""
+
+    kind: str = "vista"
+    num_seeds: int = 64
+    d_model: int = 64
+    num_heads: int = 4
+    feature_dim: int = 32
+    num_layers: int = 2
+    item_buckets: int = 1 << 17
+    num_actions: int = 8
+    chunk_size: int = 4096
+    last_k: int = 100
+    candidate_features: int = 0
+    rating_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"unknown model kind {self.kind!r}; expected one of {', '.join(KINDS)}"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
+            )
+        if not 1 <= self.num_seeds <= 512:
+            raise ValueError(f"num_seeds must be in 1..512, got {self.num_seeds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+class ReconstructionDecoder(nn.Module):
+    """VISTA's auxiliary loss: from the summary tokens alone, reconstruct past events.
+
+    A query made from an event's relative position in the history attends to
+    the tokens and predicts that event's encoding; the next event (relative
+    position 1) is always among the targets. Forces the seeds to keep the
+    whole history, not only what the ranking label needs today.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.query = nn.Sequential(nn.Linear(4, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    @staticmethod
+    def position_features(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        r = t.float() / p.clamp(min=1).float()
+        return torch.stack(
+            [
+                r,
+                torch.sin(torch.pi * r),
+                torch.cos(torch.pi * r),
+                torch.log1p((p - t).float()) / 14,
+            ],
+            -1,
+        )
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """tokens (B, K, d); positions t (B, R) of events to rebuild in histories of length p (B,)."""
+        q = self.query(self.position_features(t, p.unsqueeze(1)))
+        return self.out(self.attn(q, tokens, tokens, need_weights=False)[0])
+
+
+class VistaModel(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d, h = spec.d_model, spec.num_heads
+        self.items = ItemEmbedding(spec.item_buckets, d)
+        self.encoder = EventEncoder(self.items, spec.num_actions, d)
+        self.ranker = CandidateRanker(self.items, d, h, spec.candidate_features, spec.rating_head)
+        self.summarizer: VistaSummarizer | None = None
+        self.recon: ReconstructionDecoder | None = None
+        self.history_layer: nn.Module | None = None
+        self.fusion: nn.Module | None = None
+        if spec.kind == "vista":
+            self.summarizer = VistaSummarizer(
+                self.encoder,
+                spec.num_seeds,
+                d,
+                h,
+                spec.feature_dim,
+                spec.num_layers,
+                spec.chunk_size,
+            )
+            self.recon = ReconstructionDecoder(d, h)
+        elif spec.kind == "linkedin":
+            self.history_layer = nn.TransformerEncoderLayer(
+                d, h, 2 * d, dropout=0.0, batch_first=True, norm_first=True
+            )
+        elif spec.kind == "transact":
+            self.fusion = nn.ModuleDict(
+                {
+                    "mix_in": nn.Linear(2 * d, d),
+                    "layer": nn.TransformerEncoderLayer(
+                        d, h, 2 * d, dropout=0.0, batch_first=True, norm_first=True
+                    ),
+                    "mix_out": nn.Linear(2 * d, d),
+                }
+            )
+
+    # ---- parameter accounting -------------------------------------------------------------
+    def parameter_counts(self) -> tuple[int, int]:
+        """(all parameters, parameters outside the hashed item table)."""
+        total = sum(p.numel() for p in self.parameters())
+        table = sum(p.numel() for p in self.items.parameters())
+        return total, total - table
+
+    # ---- serving-side helpers (VISTA) ------------------------------------------------------
+    def require_summarizer(self) -> VistaSummarizer:
+        if self.summarizer is None:
+            raise ValueError(
+                f"model kind {self.spec.kind!r} has no summarizer; only 'vista' models summarize"
+            )
+        return self.summarizer
+
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        tokens: torch.Tensor | None,
+        item_ids: torch.Tensor,
+        features: torch.Tensor | None,
+        n_events: int,
+        hours_since_last: float,
+    ) -> torch.Tensor:
+        """Score one request's candidates against its summary tokens (None: no history). Logits (m,)."""
+        from summarizer.ranker import context_features
+
+        cand = self.ranker.embed_candidates(item_ids, features)
+        if tokens is None:
+            k = v = cand.new_zeros(0, self.spec.num_heads, self.spec.d_model // self.spec.num_heads)
+        else:
+            k, v = self.ranker.project_memory(tokens)
+        ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
+        logits, _ = self.ranker(
+            cand, k, v, torch.tensor([0, cand.shape[0]]), torch.tensor([0, k.shape[0]]), ctx
+        )
+        return logits
+
+    @torch.no_grad()
+    def summarize_events(self, events: EventBatch) -> tuple[Any, torch.Tensor]:
+        return self.require_summarizer().summarize(events)

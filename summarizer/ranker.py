@@ -1,0 +1,102 @@
+"""Stage 2: candidates cross-attend to a user's memory tokens, then an MLP scores them.
+
+All m candidates of a request go through one pass; each attends only to its
+own request's memory (summary tokens, plus optionally a recent-event window),
+never to other candidates, so scoring m candidates together equals scoring
+each alone. The memory's keys and values (``project_memory``) depend only on
+the user, so they are computed once per request, not per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kernels import cross_attention
+from summarizer.encoder import ItemEmbedding
+
+N_CONTEXT = 2  # log history length, log hours since the last event
+
+
+def context_features(n_events: torch.Tensor, hours_since_last: torch.Tensor) -> torch.Tensor:
+    """Request-level features known at request time: (R, 2)."""
+    return torch.stack(
+        [
+            torch.log1p(n_events.float()) / 14.0,
+            torch.log1p(hours_since_last.float().clamp(min=0)) / 10.0,
+        ],
+        dim=1,
+    )
+
+
+class CandidateRanker(nn.Module):
+    def __init__(
+        self,
+        items: ItemEmbedding,
+        dim: int,
+        heads: int,
+        candidate_features: int = 0,
+        rating_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.items, self.dim, self.heads, self.head_dim = items, dim, heads, dim // heads
+        self.candidate_features = candidate_features
+        self.features = nn.Linear(candidate_features, dim) if candidate_features else None
+        self.cand_norm = nn.LayerNorm(dim)
+        self.mem_norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.o = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * dim + N_CONTEXT, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.GELU()
+        )
+        self.logit = nn.Linear(dim, 1)
+        self.rating = nn.Linear(dim, 1) if rating_head else None
+
+    def embed_candidates(
+        self, item_ids: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        c = self.items(item_ids)
+        if self.features is not None:
+            if features is None:
+                features = torch.zeros(item_ids.shape[0], self.candidate_features)
+            c = c + self.features(features)
+        return self.cand_norm(c)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory tokens (N, d) -> keys, values (N, H, D); once per user and model version."""
+        k, v = self.kv(self.mem_norm(memory)).chunk(2, dim=-1)
+        return k.reshape(-1, self.heads, self.head_dim), v.reshape(-1, self.heads, self.head_dim)
+
+    def forward(
+        self,
+        cand: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_offsets: torch.Tensor,
+        kv_offsets: torch.Tensor,
+        context: torch.Tensor,
+        kv_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Jagged batch of requests -> (logits (M,), ratings (M,) or None).
+
+        cand: (M, d) embedded candidates; k, v: (N, H, D) projected memory;
+        offsets (R+1,) for candidates and memory; context (R, 2).
+        """
+        q = self.q(cand).view(-1, self.heads, self.head_dim)
+        attn = cross_attention(
+            q, k, v, q_offsets, kv_offsets, kv_bias, scale=1.0 / math.sqrt(self.head_dim)
+        )
+        per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
+        return self.head(cand, attn.reshape(-1, self.dim), per_cand)
+
+    def head(
+        self, cand: torch.Tensor, attn: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-candidate MLP on (candidate, attended memory (M, d) before W_o, context (M, 2))."""
+        o = self.o(attn)
+        h = self.mlp(torch.cat([cand, o, cand * o, context], dim=1))
+        rating = self.rating(h).squeeze(1) if self.rating is not None else None
+        return self.logit(h).squeeze(1), rating
