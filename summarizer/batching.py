@@ -33,6 +33,9 @@ class TargetBatch:
     cand_item: torch.Tensor  # (C,)
     cand_label: torch.Tensor  # (C,) float 0/1
     cand_rating: torch.Tensor  # (C,) float, NaN where none
+    # VISTA: position of the summary a request reads (its day's start: the nightly summary),
+    # the events from there up to req_pos form its recent window. None: req_pos (real time).
+    req_summary_pos: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -42,11 +45,18 @@ class BatchOutput:
     recon_loss: torch.Tensor | None
 
 
-def _windows(batch: TargetBatch, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global event indices of each request's last-k window (k None: whole prefix), and offsets."""
+def _windows(
+    batch: TargetBatch, k: int | None, lower: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global event indices of each request's last-k window (k None: whole prefix), and offsets.
+
+    ``lower`` (R,) bounds the window from below (positions within the user).
+    """
     start_u = batch.offsets[:-1][batch.req_user]
     p = batch.req_pos
     lengths = p if k is None else p.clamp(max=k)
+    if lower is not None:
+        lengths = torch.minimum(lengths, (p - lower).clamp(min=0))
     first = start_u + p - lengths
     offs = torch.zeros(len(p) + 1, dtype=torch.long)
     offs[1:] = torch.cumsum(lengths, 0)
@@ -87,28 +97,12 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     H, D = spec.num_heads, spec.d_model // spec.num_heads
 
     if spec.kind == "vista":
-        summ = model.require_summarizer()
-        phi_k, v = summ.keys_values(e)
-        states = []
-        for u in range(batch.offsets.numel() - 1):
-            a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
-            sel = batch.req_user == u
-            if not bool(sel.any()):
-                continue
-            nk, nv = phi_k[a:b], v[a:b]
-            L = nk.shape[1]
-            per_layer = [
-                linear_attention_prefix_states(nk[:, layer], nv[:, layer], batch.req_pos[sel])
-                for layer in range(L)
-            ]
-            states.append(torch.stack(per_layer, dim=1))
-        kv = torch.cat(states, 0)  # (R, L, H, F, D)
-        tokens = summ.readout_batch(kv, batch.req_pos)  # (R, K, d)
-        K = tokens.shape[1]
-        k, vv = ranker.project_memory(tokens.reshape(R * K, -1))
-        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, torch.arange(R + 1) * K, ctx)
+        tokens, sum_pos, inverse = _vista_readouts(model, e, batch)
+        mem, mem_offs = _vista_memory(model, tokens[inverse], e, batch)
+        k, vv = ranker.project_memory(mem)
+        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, mem_offs, ctx)
         if recon and model.recon is not None:
-            recon_loss = _reconstruction_loss(model, tokens, e, batch)
+            recon_loss = _reconstruction_loss(model, tokens, sum_pos, e, batch)
         return BatchOutput(logits, ratings, recon_loss)
 
     if spec.kind == "none":
@@ -147,6 +141,51 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     if spec.kind == "transact":
         return BatchOutput(*_early_fusion(model, window, offs, cand, ctx_c, batch), None)
     raise ValueError(f"unknown model kind {spec.kind!r}")
+
+
+def _vista_readouts(
+    model: VistaModel, e: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One read-out per distinct (user, summary position): tokens (S, K, d), their (user, pos), and
+    each request's index into them."""
+    summ = model.require_summarizer()
+    sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
+    width = int(sp.max()) + 1 if sp.numel() else 1
+    uniq, inverse = torch.unique(batch.req_user * width + sp, return_inverse=True)
+    u_of, p_of = uniq // width, uniq % width
+    phi_k, v = summ.keys_values(e)
+    states = []
+    for u in torch.unique(u_of).tolist():
+        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+        pos = p_of[u_of == u]
+        per_layer = [
+            linear_attention_prefix_states(phi_k[a:b, layer], v[a:b, layer], pos)
+            for layer in range(summ.layers)
+        ]
+        states.append(torch.stack(per_layer, dim=1))
+    kv = torch.cat(states, 0)  # (S, L, H, F, D), ordered like uniq (by user, then position)
+    return summ.readout_batch(kv, p_of), torch.stack([u_of, p_of], 1), inverse
+
+
+def _vista_memory(
+    model: VistaModel, tokens: torch.Tensor, e: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per request: its K summary tokens, then its recent window (events since the summary)."""
+    R, K, d = tokens.shape
+    w = model.spec.recent_window
+    if w == 0 or batch.req_summary_pos is None:
+        return tokens.reshape(R * K, d), torch.arange(R + 1) * K
+    idx, offs = _windows(batch, w, lower=batch.req_summary_pos)
+    win = model.mark_recent(e[idx])
+    wlen = offs[1:] - offs[:-1]
+    mem_offs = torch.zeros(R + 1, dtype=torch.long)
+    mem_offs[1:] = torch.cumsum(wlen + K, 0)
+    dest_tok = (mem_offs[:-1].unsqueeze(1) + torch.arange(K)).reshape(-1)
+    req_w = torch.repeat_interleave(torch.arange(R), wlen)
+    dest_win = mem_offs[:-1][req_w] + K + torch.arange(idx.numel()) - offs[:-1][req_w]
+    mem = tokens.new_empty(int(mem_offs[-1]), d)
+    mem = mem.index_put((dest_tok,), tokens.reshape(R * K, d)).index_put((dest_win,), win)
+    return mem, mem_offs
 
 
 def _full_attention(
@@ -212,19 +251,23 @@ def _early_fusion(
 
 
 def _reconstruction_loss(
-    model: VistaModel, tokens: torch.Tensor, e: torch.Tensor, batch: TargetBatch
+    model: VistaModel,
+    tokens: torch.Tensor,
+    sum_pos: torch.Tensor,
+    e: torch.Tensor,
+    batch: TargetBatch,
 ) -> torch.Tensor:
-    """Rebuild the next event and RECON_PAST random past events of each request from its tokens."""
+    """Rebuild, from each summary's tokens alone, the next event and RECON_PAST random past ones."""
     assert model.recon is not None
-    p = batch.req_pos
-    R = p.numel()
-    start_u = batch.offsets[:-1][batch.req_user]
-    end_u = batch.offsets[1:][batch.req_user]
+    user, p = sum_pos[:, 0], sum_pos[:, 1]
+    S = p.numel()
+    start_u = batch.offsets[:-1][user]
+    end_u = batch.offsets[1:][user]
     gen = torch.Generator().manual_seed(int(p.sum()))
-    past = (torch.rand(R, RECON_PAST, generator=gen) * p.unsqueeze(1).float()).long()
-    t = torch.cat([p.unsqueeze(1), past], dim=1)  # (R, 1 + RECON_PAST)
+    past = (torch.rand(S, RECON_PAST, generator=gen) * p.unsqueeze(1).float()).long()
+    t = torch.cat([p.unsqueeze(1), past], dim=1)  # (S, 1 + RECON_PAST)
     valid = torch.cat(
-        [(start_u + p < end_u).unsqueeze(1), (p > 0).unsqueeze(1).expand(R, RECON_PAST)], dim=1
+        [(start_u + p < end_u).unsqueeze(1), (p > 0).unsqueeze(1).expand(S, RECON_PAST)], dim=1
     )
     gidx = (start_u.unsqueeze(1) + t).clamp(max=e.shape[0] - 1)
     target = e[gidx].detach()

@@ -7,9 +7,11 @@ inside them so `vista --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from summarizer.config import ConfigError, SynthConfig, VistaConfig, config_to_toml, load_config
 
@@ -84,6 +86,119 @@ def _cmd_data_validate(cfg: VistaConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(cfg: VistaConfig, args: argparse.Namespace) -> Any:
+    from summarizer.train import TrainConfig
+
+    tc = TrainConfig(**cfg.train.model_dump())
+    if getattr(args, "epochs", None) is not None:
+        tc = dataclasses.replace(tc, epochs=args.epochs)
+    return tc
+
+
+def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
+    from summarizer.model import ModelSpec
+
+    m = cfg.model
+    return ModelSpec(
+        kind=kind,
+        num_seeds=m.num_seeds,
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        feature_dim=m.feature_dim,
+        num_layers=m.num_layers,
+        item_buckets=m.item_buckets,
+        num_actions=cfg.data.num_actions,
+        chunk_size=m.chunk_size,
+        last_k=m.last_k,
+    )
+
+
+def _cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from summarizer import artifacts
+    from summarizer.histories import load_histories, temporal_split
+    from summarizer.model import VistaModel
+    from summarizer.train import Window, evaluate, train
+
+    data = args.data or cfg.data.valid_dir
+    out = args.out or cfg.model.model_dir
+    t1, t2 = temporal_split(data)
+    hist = load_histories(data)
+    spec = _model_spec(cfg)
+    spec = dataclasses.replace(spec, rating_head=bool(np.any(~np.isnan(hist.weight))))
+    tc = _train_config(cfg, args)
+    print(
+        f"training VISTA (K={spec.num_seeds}, d={spec.d_model}) on {hist.n_events:,} events of {hist.n_users:,} users"
+    )
+    result = train(
+        VistaModel(spec), hist, Window(-(2**62), t1), Window(t1, t2), tc, progress=not args.quiet
+    )
+    test = evaluate(result.model, hist, Window(t2, 2**62), tc)
+    meta = {
+        "val": result.val.to_dict(),
+        "test": test.to_dict(),
+        "split": [t1, t2],
+        "data": str(data),
+    }
+    version = artifacts.save(result.model, out, metadata=meta)
+    print(
+        f"validation AUC {result.val.auc:.4f}, test AUC {test.auc:.4f} (logloss {test.logloss:.4f})"
+    )
+    print(f"saved model version {version} to {out}")
+    return 0
+
+
+def _cmd_evaluate(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from summarizer import evaluate
+
+    data = args.data or cfg.data.valid_dir
+    variants = evaluate.default_variants(_model_spec(cfg), last_k=cfg.model.last_k)
+    if args.models:
+        wanted = [w.strip().lower() for w in args.models.split(",")]
+        variants = [v for v in variants if any(w in v.name.lower() for w in wanted)]
+        if not variants:
+            raise ValueError(f"no model matches {args.models!r}")
+    rows = evaluate.run(
+        data, variants, _train_config(cfg, args), out_dir=args.out, progress=not args.quiet
+    )
+    print(evaluate.format_table(rows))
+    if args.out:
+        print(f"wrote {args.out}/results.md, results.json and quality_vs_cost.png")
+    return 0
+
+
+def _cmd_summarize(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    import torch
+
+    from summarizer import artifacts
+    from summarizer.encoder import EventBatch
+    from summarizer.histories import load_histories
+
+    model, version = artifacts.load(args.model or cfg.model.model_dir)
+    summ = model.require_summarizer()
+    hist = load_histories(args.data or cfg.data.valid_dir, users=[args.user])
+    if hist.n_users == 0:
+        print(f"user {args.user}: no events; the cold-start summary would be used")
+        return 0
+    events = EventBatch.from_numpy(hist.item_id, hist.ts, hist.action, hist.weight)
+    state, tokens = summ.summarize(events)
+    norms = tokens.norm(dim=1)
+    report = {
+        "user_id": args.user,
+        "model_version": version,
+        "n_events": state.n_events,
+        "first_ts": state.first_ts,
+        "last_ts": state.last_ts,
+        "tokens_shape": list(tokens.shape),
+        "token_norm_mean": float(norms.mean()),
+        "token_norm_max": float(norms.max()),
+        "finite": bool(torch.isfinite(tokens).all()),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vista",
@@ -129,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--json", action="store_true", help="print the report as JSON")
     val.add_argument("--quiet", action="store_true", help="no progress bar")
     val.set_defaults(func=_cmd_data_validate)
+
+    tr = sub.add_parser("train", help="train VISTA end to end on validated events; save the model")
+    tr.add_argument("--data", help="validated events folder (default: data.valid_dir)")
+    tr.add_argument("--out", help="model folder (default: model.model_dir)")
+    tr.add_argument("--epochs", type=int, help="override train.epochs")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="train and compare VISTA with the baselines; table and plot"
+    )
+    ev.add_argument("--data", help="validated events folder (default: data.valid_dir)")
+    ev.add_argument("--out", help="folder for results.md / results.json / quality_vs_cost.png")
+    ev.add_argument("--models", help="comma-separated name filters, e.g. 'no history,VISTA K=64'")
+    ev.add_argument("--epochs", type=int, help="override train.epochs")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    sm = sub.add_parser(
+        "summarize", help="summarize one user's history in-process and print token stats"
+    )
+    sm.add_argument("user", type=int, help="user id")
+    sm.add_argument("--data", help="validated events folder (default: data.valid_dir)")
+    sm.add_argument("--model", help="model folder (default: model.model_dir)")
+    sm.set_defaults(func=_cmd_summarize)
     return parser
 
 

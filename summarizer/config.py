@@ -72,8 +72,28 @@ class ModelConfig(_Section):
     num_heads: int = Field(4, ge=1)
     num_layers: int = Field(2, ge=1)
     item_buckets: int = Field(1 << 17, ge=16, description="hashed item-embedding rows")
+    feature_dim: int = Field(32, ge=1, description="linear-attention features per head")
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
+    last_k: int = Field(100, ge=1, description="window of the last-k baselines")
     model_dir: str = "artifacts/model"
+
+
+class TrainSection(_Section):
+    """Training (mirrors summarizer.train.TrainConfig)."""
+
+    epochs: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    targets_per_user: int = Field(128, ge=1)
+    batch_events: int = Field(200_000, ge=1)
+    batch_requests: int = Field(256, ge=1)
+    recon_weight: float = Field(0.1, ge=0)
+    rating_weight: float = Field(0.2, ge=0)
+    negatives: int = Field(0, ge=0, description="sampled negatives per target (implicit data)")
+    patience: int = Field(2, ge=1)
+    eval_targets_per_user: int = Field(64, ge=1)
+    seed: int = 0
+    threads: int = Field(0, ge=0)
 
 
 class StoreConfig(_Section):
@@ -113,6 +133,7 @@ class VistaConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
     store: StoreConfig = Field(default_factory=StoreConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
 

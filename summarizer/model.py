@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from summarizer.encoder import EventBatch, EventEncoder, ItemEmbedding
-from summarizer.ranker import CandidateRanker
+from summarizer.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
+from summarizer.ranker import CandidateRanker, context_features
 from summarizer.vista import VistaSummarizer
 
 Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full"]
@@ -47,6 +47,7 @@ class ModelSpec:
     num_actions: int = 8
     chunk_size: int = 4096
     last_k: int = 100
+    recent_window: int = 32  # VISTA: raw events since the last summary, attended with the tokens
     candidate_features: int = 0
     rating_head: bool = False
 
@@ -123,6 +124,7 @@ class VistaModel(nn.Module):
         self.recon: ReconstructionDecoder | None = None
         self.history_layer: nn.Module | None = None
         self.fusion: nn.Module | None = None
+        self.recent_type = nn.Parameter(torch.zeros(d))
         if spec.kind == "vista":
             self.summarizer = VistaSummarizer(
                 self.encoder,
@@ -156,6 +158,10 @@ class VistaModel(nn.Module):
         table = sum(p.numel() for p in self.items.parameters())
         return total, total - table
 
+    def mark_recent(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Tag encoded raw events so the ranker can tell them from summary tokens."""
+        return encoded + self.recent_type
+
     # ---- serving-side helpers (VISTA) ------------------------------------------------------
     def require_summarizer(self) -> VistaSummarizer:
         if self.summarizer is None:
@@ -163,6 +169,42 @@ class VistaModel(nn.Module):
                 f"model kind {self.spec.kind!r} has no summarizer; only 'vista' models summarize"
             )
         return self.summarizer
+
+    @torch.no_grad()
+    def memory(
+        self, tokens: torch.Tensor | None, recent: EventBatch | None, prev_ts: int | None
+    ) -> torch.Tensor:
+        """A request's memory: summary tokens (K, d) then its recent events (the last
+        ``recent_window`` events since the summary; ``prev_ts`` is the time of the
+        event before the first of them)."""
+        parts = [] if tokens is None else [tokens]
+        w = self.spec.recent_window
+        if recent is not None and len(recent) and w:
+            recent = (
+                recent.slice(max(0, len(recent) - w), len(recent)) if len(recent) > w else recent
+            )
+            parts.append(self.mark_recent(self.encoder(recent, previous_times(recent.ts, prev_ts))))
+        if not parts:
+            return torch.zeros(0, self.spec.d_model)
+        return torch.cat(parts, 0)
+
+    @torch.no_grad()
+    def score_memory(
+        self,
+        memory: torch.Tensor,
+        item_ids: torch.Tensor,
+        features: torch.Tensor | None,
+        n_events: int,
+        hours_since_last: float,
+    ) -> torch.Tensor:
+        """Score one request's candidates against its memory tokens (N, d). Logits (m,)."""
+        cand = self.ranker.embed_candidates(item_ids, features)
+        k, v = self.ranker.project_memory(memory)
+        ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
+        logits, _ = self.ranker(
+            cand, k, v, torch.tensor([0, cand.shape[0]]), torch.tensor([0, k.shape[0]]), ctx
+        )
+        return logits
 
     @torch.no_grad()
     def score_tokens(
@@ -173,19 +215,10 @@ class VistaModel(nn.Module):
         n_events: int,
         hours_since_last: float,
     ) -> torch.Tensor:
-        """Score one request's candidates against its summary tokens (None: no history). Logits (m,)."""
-        from summarizer.ranker import context_features
-
-        cand = self.ranker.embed_candidates(item_ids, features)
-        if tokens is None:
-            k = v = cand.new_zeros(0, self.spec.num_heads, self.spec.d_model // self.spec.num_heads)
-        else:
-            k, v = self.ranker.project_memory(tokens)
-        ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
-        logits, _ = self.ranker(
-            cand, k, v, torch.tensor([0, cand.shape[0]]), torch.tensor([0, k.shape[0]]), ctx
+        """Score candidates against summary tokens alone (None: no history). Logits (m,)."""
+        return self.score_memory(
+            self.memory(tokens, None, None), item_ids, features, n_events, hours_since_last
         )
-        return logits
 
     @torch.no_grad()
     def summarize_events(self, events: EventBatch) -> tuple[Any, torch.Tensor]:

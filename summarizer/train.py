@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from summarizer.batching import TargetBatch, forward_targets
-from summarizer.encoder import WEIGHT_SCALE, EventBatch
+from summarizer.encoder import SECONDS_PER_DAY, WEIGHT_SCALE, EventBatch
 from summarizer.histories import Histories
 from summarizer.metrics import Metrics, compute_metrics
 from summarizer.model import VistaModel
@@ -30,11 +30,11 @@ from summarizer.model import VistaModel
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
-    targets_per_user: int = 32
+    targets_per_user: int = 128
     batch_events: int = 200_000
-    batch_requests: int = 1024
+    batch_requests: int = 256
     recon_weight: float = 0.1
     rating_weight: float = 0.2
     negatives: int = 0
@@ -113,7 +113,7 @@ def _make_batch(
     labels_all = hist.labels()
     ev_parts: list[slice] = []
     offsets = [0]
-    req_user, req_pos, req_ts = [], [], []
+    req_user, req_pos, req_ts, req_sum = [], [], [], []
     cand_item, cand_label, cand_rating, cand_counts = [], [], [], []
     neg_rng = rng if rng is not None else np.random.default_rng(0)
     for i, u in enumerate(users):
@@ -125,6 +125,10 @@ def _make_batch(
         req_user.append(np.full(len(pos), i))
         req_pos.append(pos)
         req_ts.append(hist.ts[g])
+        # The nightly summary a request would read: everything before the request's UTC day.
+        user_ts = hist.ts[a : a + int(pos[-1]) + 1]
+        day_start = (hist.ts[g] // SECONDS_PER_DAY) * SECONDS_PER_DAY
+        req_sum.append(np.searchsorted(user_ts, day_start, "left"))
         items = hist.item_id[g][:, None]
         labels = labels_all[g][:, None]
         ratings = hist.weight[g][:, None]
@@ -154,6 +158,7 @@ def _make_batch(
         cand_item=torch.from_numpy(np.concatenate(cand_item).astype(np.int64)),
         cand_label=torch.from_numpy(np.concatenate(cand_label).astype(np.float32)),
         cand_rating=torch.from_numpy(np.concatenate(cand_rating).astype(np.float32)),
+        req_summary_pos=torch.from_numpy(np.concatenate(req_sum).astype(np.int64)),
     )
 
 
@@ -168,10 +173,10 @@ def batch_loss(
         if bool(has.any()):
             mse = F.mse_loss(out.ratings[has], batch.cand_rating[has] / WEIGHT_SCALE)
             loss = loss + cfg.rating_weight * mse
-            parts["rating_mse"] = float(mse)
+            parts["rating_mse"] = float(mse.detach())
     if out.recon_loss is not None:
         loss = loss + cfg.recon_weight * out.recon_loss
-        parts["recon"] = float(out.recon_loss)
+        parts["recon"] = float(out.recon_loss.detach())
     return loss, parts
 
 

@@ -1,0 +1,93 @@
+"""Model artifacts: safetensors weights + a JSON config; the version is a hash of both.
+
+Nothing here unpickles: weights are read with safetensors, the config with
+json, so a model folder from elsewhere cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+
+from summarizer.model import ModelSpec, VistaModel
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class ModelArtifactError(ValueError):
+    """A model folder is missing, incomplete or inconsistent."""
+
+
+def model_version(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the config's canonical JSON and every weight (name, dtype, shape, bytes).
+
+    Hashes tensors in name order rather than the file's bytes, whose header
+    order is not canonical. First 16 hex digits.
+    """
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    h.update(json.dumps(json.loads((d / CONFIG).read_text())["spec"], sort_keys=True).encode())
+    with safe_open(str(d / WEIGHTS), framework="pt") as f:
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name).contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save(
+    model: VistaModel, model_dir: str | os.PathLike[str], metadata: dict[str, object] | None = None
+) -> str:
+    """Write weights and config; returns the model version."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(d / WEIGHTS))
+    (d / CONFIG).write_text(
+        json.dumps(
+            {"spec": model.spec.to_dict(), "metadata": metadata or {}}, indent=2, sort_keys=True
+        )
+    )
+    version = model_version(d)
+    # The version is derived, but writing it lets other tools read it without hashing.
+    meta = json.loads((d / CONFIG).read_text())
+    meta["version"] = version
+    (d / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return version
+
+
+def load(model_dir: str | os.PathLike[str]) -> tuple[VistaModel, str]:
+    """Load a model folder; checks that the recorded version matches the files."""
+    d = Path(model_dir)
+    for name in (CONFIG, WEIGHTS):
+        if not (d / name).exists():
+            raise ModelArtifactError(
+                f"model folder {d} has no {name} (train one with `vista train`)"
+            )
+    meta = json.loads((d / CONFIG).read_text())
+    try:
+        spec = ModelSpec.from_dict(meta["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelArtifactError(f"{d / CONFIG}: invalid model config: {exc}") from exc
+    model = VistaModel(spec)
+    try:
+        load_model(model, str(d / WEIGHTS), strict=True)
+    except RuntimeError as exc:
+        raise ModelArtifactError(f"{d / WEIGHTS} does not match its config: {exc}") from exc
+    version = model_version(d)
+    if meta.get("version") not in (None, version):
+        raise ModelArtifactError(
+            f"{d}: recorded version {meta['version']} != files' hash {version}; files changed after save"
+        )
+    model.eval()
+    return model, version
+
+
+def load_metadata(model_dir: str | os.PathLike[str]) -> dict[str, object]:
+    return dict(json.loads((Path(model_dir) / CONFIG).read_text()).get("metadata", {}))

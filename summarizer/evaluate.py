@@ -1,0 +1,224 @@
+"""The evaluation harness: VISTA and the baselines on the same data, splits and budget.
+
+Every variant shares the encoder, item table and ranker and is trained with
+the same ``TrainConfig``; only the history module differs. The table reports
+test AUC, logloss, NE, MAE (explicit data), parameters and the online cost per
+candidate, and a plot shows quality against online cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from summarizer.histories import Histories, load_histories, temporal_split
+from summarizer.model import ModelSpec, VistaModel
+from summarizer.train import TrainConfig, Window, evaluate, train
+
+REFERENCE_CANDIDATES = 512  # m used to amortize per-request work in the cost column
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    spec: ModelSpec
+    recon_weight: float | None = None  # None: the TrainConfig's
+
+
+def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
+    def spec(**kw: object) -> ModelSpec:
+        return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+    return [
+        Variant("no history", spec(kind="none")),
+        Variant("mean pooling (all events)", spec(kind="mean")),
+        Variant(f"DIN target attention, last {last_k}", spec(kind="din", last_k=last_k)),
+        Variant(f"TransAct early fusion, last {last_k}", spec(kind="transact", last_k=last_k)),
+        Variant(
+            f"append + cross-attn (LinkedIn), last {last_k}", spec(kind="linkedin", last_k=last_k)
+        ),
+        Variant("full-history target attention", spec(kind="full")),
+        Variant("VISTA K=16", spec(kind="vista", num_seeds=16)),
+        Variant("VISTA K=64", spec(kind="vista", num_seeds=64)),
+        Variant("VISTA K=128", spec(kind="vista", num_seeds=128)),
+        Variant(
+            "VISTA K=64, no reconstruction loss", spec(kind="vista", num_seeds=64), recon_weight=0.0
+        ),
+    ]
+
+
+def online_flops_per_candidate(
+    spec: ModelSpec, n_history: float, m: int = REFERENCE_CANDIDATES
+) -> float:
+    """Forward FLOPs to score one candidate online (2 per multiply-add), per-request work / m.
+
+    Counts the history module and the ranker; the candidate's item lookup is
+    free. VISTA's tokens come precomputed from the store (their K/V projection
+    is counted, though it too can be cached per model version); raw-event
+    models must encode their events at request time.
+    """
+    d, h = spec.d_model, spec.num_heads
+    ranker = 2 * (d * d + d * d + (3 * d + 2) * 2 * d + 2 * d * d + d)  # q, o, MLP, logit
+    attend = lambda n_tok: 2 * 2 * n_tok * d  # noqa: E731  scores + weighted sum
+    kv_proj = lambda n_tok: 2 * n_tok * 2 * d * d  # noqa: E731
+    encode = lambda n_ev: 2 * n_ev * (2 * d * d + 10 * d)  # noqa: E731  encoder MLP + sums
+    k = min(spec.last_k, n_history)
+    if spec.kind == "none":
+        return float(ranker)
+    if spec.kind == "mean":
+        return ranker + attend(1) + kv_proj(1) / m
+    if spec.kind == "vista":
+        return ranker + attend(spec.num_seeds) + kv_proj(spec.num_seeds) / m
+    if spec.kind == "din":
+        return ranker + attend(k) + (kv_proj(k) + encode(k)) / m
+    if spec.kind == "linkedin":
+        layer = (
+            2 * k * (4 * d * d + 4 * d * d) + 2 * 2 * k * k * d
+        )  # self-attn + FFN over the window
+        return ranker + attend(k) + (kv_proj(k) + encode(k) + layer) / m
+    if spec.kind == "transact":
+        layer = 2 * k * (4 * d * d + 4 * d * d + 2 * d * d) + 2 * 2 * k * k * d  # per candidate
+        return ranker + layer + encode(k) / m
+    if spec.kind == "full":
+        return ranker + attend(n_history) + (kv_proj(n_history) + encode(n_history)) / m
+    raise ValueError(spec.kind)
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    auc: float
+    logloss: float
+    ne: float
+    mae: float | None
+    params: int
+    dense_params: int
+    online_mflops_per_candidate: float
+    epochs: int
+    train_seconds: float
+    val_auc: float
+
+
+def run(
+    events_root: str | os.PathLike[str],
+    variants: list[Variant],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    hist: Histories | None = None,
+) -> list[Row]:
+    t1, t2 = temporal_split(events_root)
+    hist = load_histories(events_root) if hist is None else hist
+    explicit = bool(np.any(~np.isnan(hist.weight)))
+    train_w, val_w, test_w = Window(-(2**62), t1), Window(t1, t2), Window(t2, 2**62)
+    # Mean history length of the test requests: what a full-history model must read online.
+    test_lengths = [p for u in range(hist.n_users) for p in _test_positions(hist, u, test_w)]
+    n_hist = float(np.mean(test_lengths)) if test_lengths else 0.0
+    rows = []
+    for v in variants:
+        spec = dataclasses.replace(v.spec, rating_head=explicit)
+        vcfg = (
+            cfg if v.recon_weight is None else dataclasses.replace(cfg, recon_weight=v.recon_weight)
+        )
+        if progress:
+            print(f"== {v.name}")
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        model = VistaModel(spec)
+        res = train(model, hist, train_w, val_w, vcfg, progress=progress)
+        test = evaluate(res.model, hist, test_w, vcfg)
+        total, dense = model.parameter_counts()
+        rows.append(
+            Row(
+                model=v.name,
+                auc=test.auc,
+                logloss=test.logloss,
+                ne=test.ne,
+                mae=test.mae,
+                params=total,
+                dense_params=dense,
+                online_mflops_per_candidate=online_flops_per_candidate(spec, n_hist) / 1e6,
+                epochs=res.epochs_run,
+                train_seconds=res.seconds,
+                val_auc=res.val.auc,
+            )
+        )
+        if progress:
+            print(format_table(rows[-1:]))
+    if out_dir is not None:
+        write_outputs(
+            rows,
+            out_dir,
+            {"n_history_mean_test": n_hist, "split": [t1, t2], "train": dataclasses.asdict(cfg)},
+        )
+    return rows
+
+
+def _test_positions(hist: Histories, u: int, w: Window) -> np.ndarray:
+    a, b = hist.offsets[u], hist.offsets[u + 1]
+    ts = hist.ts[a:b]
+    return np.arange(np.searchsorted(ts, w.start), np.searchsorted(ts, w.end))
+
+
+def format_table(rows: list[Row]) -> str:
+    head = "| model | AUC | logloss | NE | MAE | params (dense) | online MFLOP/cand | epochs | train s |"
+    sep = "|---|---|---|---|---|---|---|---|---|"
+    lines = [head, sep]
+    for r in rows:
+        mae = f"{r.mae:.4f}" if r.mae is not None else "-"
+        lines.append(
+            f"| {r.model} | {r.auc:.4f} | {r.logloss:.4f} | {r.ne:.4f} | {mae} | "
+            f"{r.params / 1e6:.2f}M ({r.dense_params / 1e3:.0f}k) | {r.online_mflops_per_candidate:.3f} | "
+            f"{r.epochs} | {r.train_seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(
+    rows: list[Row], out_dir: str | os.PathLike[str], meta: dict[str, object]
+) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
+        json.dumps({"rows": [dataclasses.asdict(r) for r in rows], **meta}, indent=2)
+    )
+    (out / "results.md").write_text(format_table(rows) + "\n")
+    plot_quality_vs_cost(rows, out / "quality_vs_cost.png")
+
+
+def plot_quality_vs_cost(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        x = max(r.online_mflops_per_candidate, 1e-3)
+        ax.scatter(x, r.auc, s=40, color="tab:red" if r.model.startswith("VISTA") else "tab:blue")
+        ax.annotate(r.model, (x, r.auc), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("online MFLOP per candidate (log)")
+    ax.set_ylabel("test AUC")
+    ax.set_title("quality against online cost")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def auc_gain_recovered(
+    rows: list[Row],
+    model: str,
+    floor: str = "no history",
+    ceiling: str = "full-history target attention",
+) -> float:
+    by = {r.model: r.auc for r in rows}
+    gain = by[ceiling] - by[floor]
+    return (by[model] - by[floor]) / gain if gain > 0 else math.nan

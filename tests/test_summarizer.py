@@ -1,0 +1,241 @@
+"""The summarizer's laws: fold in pieces == whole, training path == serving path, scale, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from summarizer import artifacts
+from summarizer.batching import TargetBatch, forward_targets
+from summarizer.encoder import EventBatch
+from summarizer.model import KINDS, ModelSpec, VistaModel
+
+SMALL = ModelSpec(
+    num_seeds=8,
+    d_model=32,
+    num_heads=4,
+    feature_dim=8,
+    num_layers=2,
+    item_buckets=1024,
+    chunk_size=7,
+)
+
+
+def random_events(n: int, seed: int = 0, with_weight: bool = False) -> EventBatch:
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.5, 5, n) if with_weight else None
+    return EventBatch.from_numpy(
+        rng.integers(0, 5000, n),
+        np.sort(rng.integers(1_600_000_000, 1_700_000_000, n)),
+        rng.integers(0, 4, n),
+        w,
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> VistaModel:
+    torch.manual_seed(0)
+    return VistaModel(SMALL).eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 80), cuts=st.lists(st.integers(0, 80), max_size=6), weighted=st.booleans())
+def test_fold_in_pieces_equals_whole(
+    model: VistaModel, n: int, cuts: list[int], weighted: bool
+) -> None:
+    """Any split of the history (empty and single-event pieces included) gives the same tokens."""
+    summ = model.summarizer
+    assert summ is not None
+    events = random_events(n, seed=n, with_weight=weighted)
+    whole_state, whole = summ.summarize(events)
+    bounds = sorted({0, n, *[min(c, n) for c in cuts]})
+    state = summ.empty_state()
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        state = summ.fold(state, events.slice(a, b))
+    state = summ.fold(state, EventBatch.empty())  # an empty day changes nothing
+    assert state.n_events == n == whole_state.n_events
+    assert state.last_ts == whole_state.last_ts and state.first_ts == whole_state.first_ts
+    assert rel_err(summ.readout(state), whole) <= 1e-4
+    assert torch.allclose(state.kv, whole_state.kv, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_does_not_mutate_its_input(model: VistaModel) -> None:
+    summ = model.summarizer
+    assert summ is not None
+    s0 = summ.fold(summ.empty_state(), random_events(10))
+    before = s0.kv.clone()
+    summ.fold(s0, random_events(5, seed=1))
+    assert torch.equal(s0.kv, before) and s0.n_events == 10
+
+
+def test_chunk_size_does_not_change_the_summary(model: VistaModel) -> None:
+    summ = model.summarizer
+    assert summ is not None
+    events = random_events(500, seed=3)
+    _, a = summ.summarize(events)
+    old = summ.chunk_size
+    try:
+        summ.chunk_size = 10_000
+        _, b = summ.summarize(events)
+    finally:
+        summ.chunk_size = old
+    assert rel_err(a, b) <= 1e-5
+
+
+def test_token_scale_does_not_grow_with_history_length(model: VistaModel) -> None:
+    summ = model.summarizer
+    assert summ is not None
+    short = summ.fold(summ.empty_state(), random_events(100, seed=1))
+    old, summ.chunk_size = summ.chunk_size, 4096
+    try:
+        long = summ.fold(summ.empty_state(), random_events(20_000, seed=1))
+    finally:
+        summ.chunk_size = old
+    n_short = summ.readout(short).norm(dim=1).mean()
+    n_long = summ.readout(long).norm(dim=1).mean()
+    assert 0.8 < float(n_long / n_short) < 1.25
+    assert (
+        long.kv.abs().max() > 50 * short.kv.abs().max()
+    )  # the raw sums do grow; read-out normalizes
+
+
+def _one_user_batch(
+    events: EventBatch,
+    positions: list[int],
+    items: list[list[int]],
+    now: int,
+    summary_pos: list[int] | None = None,
+) -> TargetBatch:
+    counts = [len(x) for x in items]
+    flat = [i for x in items for i in x]
+    return TargetBatch(
+        events=events,
+        offsets=torch.tensor([0, len(events)]),
+        req_user=torch.zeros(len(positions), dtype=torch.long),
+        req_pos=torch.tensor(positions),
+        req_ts=torch.full((len(positions),), now),
+        cand_offsets=torch.tensor(np.r_[0, np.cumsum(counts)]),
+        cand_item=torch.tensor(flat),
+        cand_label=torch.zeros(len(flat)),
+        cand_rating=torch.full((len(flat),), float("nan")),
+        req_summary_pos=None if summary_pos is None else torch.tensor(summary_pos),
+    )
+
+
+def test_training_path_equals_serving_path(model: VistaModel) -> None:
+    """The causal training pass (prefix states, batched read-out, recent window) scores exactly
+    like serving: fold the events before the summary point, read out, add the recent events."""
+    summ = model.summarizer
+    assert summ is not None
+    events = random_events(60, seed=9)
+    now = int(events.ts[-1]) + 3600
+    positions = [0, 1, 25, 59, 59]
+    summary_pos = [0, 0, 20, 10, 59]  # windows: none, 1 event, 5, 49 (capped to 32), none
+    cands = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15]]
+    with torch.no_grad():
+        train_logits = forward_targets(
+            model, _one_user_batch(events, positions, cands, now, summary_pos)
+        ).logits
+    served = []
+    w = model.spec.recent_window
+    for p, sp, c in zip(positions, summary_pos, cands, strict=True):
+        state = summ.fold(summ.empty_state(), events.slice(0, sp))
+        first = max(sp, p - w)
+        prev = int(events.ts[first - 1]) if first > 0 else None
+        memory = model.memory(summ.readout(state), events.slice(first, p), prev)
+        hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
+        served.append(model.score_memory(memory, torch.tensor(c), None, p, hours))
+    assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_amortized_equals_per_candidate(kind: str) -> None:
+    """m candidates in one pass score exactly as each candidate alone, for every model kind."""
+    torch.manual_seed(1)
+    m = VistaModel(
+        ModelSpec(
+            kind=kind,
+            num_seeds=8,
+            d_model=32,
+            num_heads=4,
+            feature_dim=8,
+            item_buckets=1024,
+            last_k=10,
+        )
+    ).eval()
+    events = random_events(40, seed=2)
+    items = list(range(100, 117))
+    with torch.no_grad():
+        together = forward_targets(m, _one_user_batch(events, [30], [items], 1_800_000_000)).logits
+        alone = torch.cat(
+            [
+                forward_targets(m, _one_user_batch(events, [30], [[i]], 1_800_000_000)).logits
+                for i in items
+            ]
+        )
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_score_tokens_amortized_equals_per_candidate(model: VistaModel) -> None:
+    assert model.summarizer is not None
+    _, tokens = model.summarizer.summarize(random_events(300))
+    items = torch.arange(1000, 1512)
+    together = model.score_tokens(tokens, items, None, 300, 5.0)
+    alone = torch.cat(
+        [model.score_tokens(tokens, items[i : i + 1], None, 300, 5.0) for i in range(0, 512, 37)]
+    )
+    assert torch.allclose(together[::37], alone, atol=1e-5)
+
+
+def test_cold_start_scores_without_history(model: VistaModel) -> None:
+    summ = model.summarizer
+    assert summ is not None
+    tokens = summ.readout(summ.empty_state())
+    assert torch.isfinite(tokens).all()
+    logits = model.score_tokens(tokens, torch.tensor([1, 2, 3]), None, 0, 0.0)
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+
+
+def test_paper_size_runs() -> None:
+    """VISTA's best configuration (128 seeds x 256) builds, folds and reads out."""
+    m = VistaModel(ModelSpec(num_seeds=128, d_model=256, num_heads=8, item_buckets=4096)).eval()
+    assert m.summarizer is not None
+    state, tokens = m.summarizer.summarize(random_events(3000))
+    assert tokens.shape == (128, 256) and state.kv.shape == m.summarizer.state_shape
+
+
+def test_save_load_round_trip(tmp_path: Path, model: VistaModel) -> None:
+    v1 = artifacts.save(model, tmp_path / "m")
+    loaded, v2 = artifacts.load(tmp_path / "m")
+    assert v1 == v2 and len(v1) == 16
+    assert loaded.spec == model.spec
+    assert loaded.summarizer is not None and model.summarizer is not None
+    events = random_events(50)
+    assert torch.equal(
+        loaded.summarizer.summarize(events)[1], model.summarizer.summarize(events)[1]
+    )
+    # Same weights and config: same version. Different weights: a different version.
+    assert artifacts.save(loaded, tmp_path / "again") == v1
+    with torch.no_grad():
+        loaded.ranker.logit.bias += 1.0
+    assert artifacts.save(loaded, tmp_path / "changed") != v1
+
+
+def test_load_refuses_tampered_or_incomplete_folders(tmp_path: Path, model: VistaModel) -> None:
+    artifacts.save(model, tmp_path / "m")
+    with open(tmp_path / "m" / artifacts.WEIGHTS, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(artifacts.ModelArtifactError, match="files changed after save"):
+        artifacts.load(tmp_path / "m")
+    with pytest.raises(artifacts.ModelArtifactError, match="no config.json"):
+        artifacts.load(tmp_path / "empty")
