@@ -62,7 +62,7 @@ def online_flops_per_candidate(
     is counted, though it too can be cached per model version); raw-event
     models must encode their events at request time.
     """
-    d, h = spec.d_model, spec.num_heads
+    d = spec.d_model
     ranker = 2 * (d * d + d * d + (3 * d + 2) * 2 * d + 2 * d * d + d)  # q, o, MLP, logit
     attend = lambda n_tok: 2 * 2 * n_tok * d  # noqa: E731  scores + weighted sum
     kv_proj = lambda n_tok: 2 * n_tok * 2 * d * d  # noqa: E731
@@ -73,7 +73,8 @@ def online_flops_per_candidate(
     if spec.kind == "mean":
         return ranker + attend(1) + kv_proj(1) / m
     if spec.kind == "vista":
-        return ranker + attend(spec.num_seeds) + kv_proj(spec.num_seeds) / m
+        w = min(spec.recent_window, n_history)
+        return ranker + attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
     if spec.kind == "din":
         return ranker + attend(k) + (kv_proj(k) + encode(k)) / m
     if spec.kind == "linkedin":
