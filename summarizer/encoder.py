@@ -20,7 +20,8 @@ SECONDS_PER_DAY = 86_400
 _HASH_A = 0x9E3779B1  # odd 32-bit multipliers (Knuth / golden ratio)
 _HASH_B = 0x85EBCA77
 N_TIME_FEATURES = 5
-WEIGHT_SCALE = 5.0  # ratings are 0.5..5; keeps the weight feature near unit scale
+WEIGHT_SCALE = 5.0
+INIT_STD = 0.05  # ratings are 0.5..5; keeps the weight feature near unit scale
 
 
 @dataclasses.dataclass
@@ -135,10 +136,12 @@ class ItemEmbedding(nn.Module):
     def __init__(self, buckets: int, dim: int) -> None:
         super().__init__()
         self.buckets = buckets
-        self.table_a = nn.Embedding(buckets, dim)
-        self.table_b = nn.Embedding(buckets, dim)
-        nn.init.normal_(self.table_a.weight, std=0.05)
-        nn.init.normal_(self.table_b.weight, std=0.05)
+        # Sparse gradients: a step touches only the rows of the items in the batch, so
+        # training cost does not grow with the table (see train.make_optimizers).
+        self.table_a = nn.Embedding(buckets, dim, sparse=True)
+        self.table_b = nn.Embedding(buckets, dim, sparse=True)
+        nn.init.normal_(self.table_a.weight, std=INIT_STD)
+        nn.init.normal_(self.table_b.weight, std=INIT_STD)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h1, h2 = hash_ids(ids, self.buckets)
@@ -157,6 +160,12 @@ class EventEncoder(nn.Module):
         self.weight = nn.Linear(2, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
+        # All inputs start at the item embedding's scale: with PyTorch's defaults (N(0,1) action
+        # rows, U(+-0.45) time weights) the item would be ~1% of the sum and learn very slowly.
+        nn.init.normal_(self.action.weight, std=INIT_STD)
+        for lin in (self.time, self.weight):
+            nn.init.normal_(lin.weight, std=INIT_STD)
+            nn.init.zeros_(lin.bias)
 
     def forward(self, events: EventBatch, prev: torch.Tensor) -> torch.Tensor:
         """Encode events; ``prev`` is each event's predecessor time (see previous_times)."""

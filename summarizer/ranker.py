@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from kernels import cross_attention
+from kernels import attention
 from summarizer.encoder import ItemEmbedding
 
 N_CONTEXT = 2  # log history length, log hours since the last event
@@ -86,7 +86,7 @@ class CandidateRanker(nn.Module):
         offsets (R+1,) for candidates and memory; context (R, 2).
         """
         q = self.q(cand).view(-1, self.heads, self.head_dim)
-        attn = cross_attention(
+        attn = attention(
             q, k, v, q_offsets, kv_offsets, kv_bias, scale=1.0 / math.sqrt(self.head_dim)
         )
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)

@@ -218,6 +218,20 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def _is_sparse_table(model: VistaModel, p: torch.nn.Parameter) -> bool:
+    return any(p is q for q in model.items.parameters())
+
+
+def make_optimizers(model: VistaModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the hashed item tables (rows touched by the batch only), AdamW for the rest."""
+    table = list(model.items.parameters())
+    dense = [p for p in model.parameters() if not _is_sparse_table(model, p)]
+    return [
+        torch.optim.SparseAdam(table, lr=cfg.lr),
+        torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    ]
+
+
 def train(
     model: VistaModel,
     hist: Histories,
@@ -233,7 +247,8 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizers = make_optimizers(model, cfg)
+    dense_params = [p for p in model.parameters() if not _is_sparse_table(model, p)]
     item_pool = np.unique(hist.item_id) if cfg.negatives else None
     best_auc, best_state, bad_epochs = -math.inf, copy.deepcopy(model.state_dict()), 0
     log: list[dict[str, float]] = []
@@ -252,11 +267,13 @@ def train(
         )
         for batch in bar:
             loss, parts = batch_loss(model, batch, cfg)
-            opt.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total += float(loss)
+            torch.nn.utils.clip_grad_norm_(dense_params, 1.0)
+            for opt in optimizers:
+                opt.step()
+            total += float(loss.detach())
             steps += 1
             bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
         val = evaluate(model, hist, val_window, cfg)

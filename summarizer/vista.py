@@ -48,6 +48,9 @@ class SeedReadoutLayer(nn.Module):
         self.heads, self.feature_dim, self.head_dim = heads, feature_dim, dim // heads
         self.norm_q = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, heads * feature_dim)
+        # The mean over many events of silu(k) (x) v is small (random signs cancel); normalizing
+        # what the seeds read lets the history steer them from the first step.
+        self.norm_read = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, dim)
         self.norm_self = nn.LayerNorm(dim)
         self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -59,7 +62,7 @@ class SeedReadoutLayer(nn.Module):
         B, K, d = x.shape
         phi_q = F.silu(self.q(self.norm_q(x))).view(B, K, self.heads, self.feature_dim)
         read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
-        x = x + self.out(read)
+        x = x + self.out(self.norm_read(read))
         h = self.norm_self(x)
         x = x + self.self_attn(h, h, h, need_weights=False)[0]
         return x + self.ff(self.norm_ff(x))
