@@ -21,6 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+# benchmarks/kernels.py would shadow the kernels package: keep this folder off sys.path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
