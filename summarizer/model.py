@@ -42,6 +42,7 @@ class ModelSpec:
     d_model: int = 64
     num_heads: int = 4
     feature_dim: int = 32
+    feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, or "softmax" slots
     num_layers: int = 2
     item_buckets: int = 1 << 17
     num_actions: int = 8
@@ -134,6 +135,7 @@ class VistaModel(nn.Module):
                 spec.feature_dim,
                 spec.num_layers,
                 spec.chunk_size,
+                spec.feature_map,
             )
             self.recon = ReconstructionDecoder(d, h)
         elif spec.kind == "linkedin":

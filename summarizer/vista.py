@@ -28,12 +28,14 @@ from torch import nn
 
 from summarizer.encoder import EventBatch, EventEncoder, previous_times
 
+FEATURE_MAPS = ("silu", "softmax")
+
 
 @dataclasses.dataclass
 class SummaryState:
     """What a user's summary needs to absorb new events without re-reading old ones."""
 
-    kv: torch.Tensor  # float64 (L, H, F, D): sum of silu(k) (x) v
+    kv: torch.Tensor  # float64 (L, H, F, D+1): sum of phi(k) (x) [v, 1]
     n_events: int
     first_ts: int | None
     last_ts: int | None
@@ -80,6 +82,7 @@ class VistaSummarizer(nn.Module):
         feature_dim: int,
         layers: int,
         chunk_size: int = 4096,
+        feature_map: str = "silu",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -94,6 +97,9 @@ class VistaSummarizer(nn.Module):
         )
         self.head_dim = dim // heads
         self.chunk_size = chunk_size
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
+        self.feature_map = feature_map
         # One matmul gives every layer's keys and values.
         self.kv = nn.Linear(dim, layers * heads * (feature_dim + self.head_dim))
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02)
@@ -104,16 +110,21 @@ class VistaSummarizer(nn.Module):
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
-        return (self.layers, self.heads, self.feature_dim, self.head_dim)
+        # The last value column is a constant 1, so the state also carries each feature's
+        # key mass sum_t phi(k_t) -- mergeable like the rest.
+        return (self.layers, self.heads, self.feature_dim, self.head_dim + 1)
 
     def empty_state(self) -> SummaryState:
         return SummaryState(torch.zeros(self.state_shape, dtype=torch.float64), 0, None, None)
 
     def keys_values(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded events (n, d) -> silu keys (n, L, H, F) and values (n, L, H, D)."""
+        """Encoded events (n, d) -> feature-mapped keys (n, L, H, F) and values (n, L, H, D+1)."""
         n = e.shape[0]
         kv = self.kv(e).view(n, self.layers, self.heads, self.feature_dim + self.head_dim)
-        return F.silu(kv[..., : self.feature_dim]), kv[..., self.feature_dim :]
+        k = kv[..., : self.feature_dim]
+        phi = F.silu(k) if self.feature_map == "silu" else torch.softmax(k, dim=-1)
+        ones = kv.new_ones(n, self.layers, self.heads, 1)
+        return phi, torch.cat([kv[..., self.feature_dim :], ones], dim=-1)
 
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
@@ -134,7 +145,14 @@ class VistaSummarizer(nn.Module):
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
         """States (B, L, H, F, D) and counts (B,) -> tokens (B, K, d). Differentiable."""
         B = kv.shape[0]
-        kv_mean = (kv / n_events.clamp(min=1).to(kv.dtype).view(B, 1, 1, 1, 1)).float()
+        values, mass = kv[..., :-1], kv[..., -1:]
+        if self.feature_map == "silu":
+            # VISTA's quasi-linear attention: normalize by the event count.
+            kv_mean = (values / n_events.clamp(min=1).to(kv.dtype).view(B, 1, 1, 1, 1)).float()
+        else:
+            # Softmax features assign each event to slots: each slot's mean value (one
+            # pseudo-count keeps empty slots at 0).
+            kv_mean = (values / (mass + 1.0)).float()
         x = self.seeds.unsqueeze(0).expand(B, -1, -1)
         for layer, block in enumerate(self.readout_layers):
             x = block(x, kv_mean[:, layer])

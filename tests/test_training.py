@@ -1,0 +1,151 @@
+"""Training and the evaluation harness on small real (generated) data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from summarizer import evaluate, synth
+from summarizer.config import SynthConfig
+from summarizer.histories import event_labels, load_histories, temporal_split
+from summarizer.metrics import auc_score, compute_metrics
+from summarizer.model import ModelSpec, VistaModel
+from summarizer.train import TrainConfig, Window, batch_loss, iter_batches, select_targets, train
+from summarizer.validation import validate_dataset
+
+TINY = ModelSpec(
+    num_seeds=8, d_model=32, num_heads=4, feature_dim=8, num_layers=1, item_buckets=2048, last_k=20
+)
+FAST = TrainConfig(
+    epochs=3, lr=3e-3, targets_per_user=24, batch_requests=128, eval_targets_per_user=16, patience=3
+)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(
+        n_users=60,
+        n_topics=20,
+        items_per_topic=5,
+        n_old_interests=3,
+        min_events=40,
+        max_events=400,
+        span_days=60,
+        bad_row_fraction=0.0,
+        seed=1,
+    )
+    synth.generate(cfg, root / "events", progress=False)
+    validate_dataset(root / "events", root / "valid", root / "q", 8, progress=False)
+    return root / "valid"
+
+
+def test_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    s = rng.integers(0, 20, 300).astype(float)  # many ties
+    pos, neg = s[y], s[~y]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert auc_score(y, s) == pytest.approx(brute)
+    m = compute_metrics(
+        {
+            "label": y.astype(float),
+            "prob": np.full(300, y.mean()),
+            "rating_true": np.full(300, np.nan),
+        }
+    )
+    assert m.ne == pytest.approx(1.0, abs=1e-6)  # predicting the base rate has NE 1
+
+
+def test_labels_for_ratings_and_actions() -> None:
+    action = np.array([0, 1, 2, 3, 3, 3])
+    weight = np.array([np.nan, np.nan, np.nan, 4.0, 3.5, np.nan], dtype=np.float32)
+    assert event_labels(action, weight).tolist() == [0, 1, 1, 1, 0, 0]
+
+
+def test_temporal_split_orders_windows(small_data: Path) -> None:
+    t1, t2 = temporal_split(small_data)
+    ts = load_histories(small_data).ts
+    assert t1 < t2
+    assert 0.75 < (ts < t1).mean() < 0.85 and 0.05 < (ts >= t2).mean() < 0.15
+
+
+def test_batches_cover_every_selected_target_once(small_data: Path) -> None:
+    hist = load_histories(small_data)
+    targets = select_targets(hist, Window(-(2**62), 2**62), 10, np.random.default_rng(0))
+    seen = 0
+    for b in iter_batches(
+        hist, targets, dataclasses.replace(FAST, batch_events=2000), np.random.default_rng(0)
+    ):
+        assert int(b.offsets[-1]) == len(b.events) <= max(2000, int(b.req_pos.max()) + 1)
+        assert torch.all(b.req_summary_pos <= b.req_pos)
+        seen += b.req_pos.numel()
+    assert seen == sum(len(t) for t in targets)
+
+
+def test_training_reduces_loss_and_learns(small_data: Path) -> None:
+    hist = load_histories(small_data)
+    t1, t2 = temporal_split(small_data)
+    torch.manual_seed(0)
+    model = VistaModel(TINY)
+    targets = select_targets(hist, Window(-(2**62), t1), 24, np.random.default_rng(5))
+    batch = next(
+        iter_batches(
+            hist,
+            targets,
+            dataclasses.replace(FAST, batch_requests=10_000, batch_events=10**9),
+            None,
+        )
+    )
+    with torch.no_grad():
+        before = float(batch_loss(model.eval(), batch, FAST)[0])
+    result = train(model, hist, Window(-(2**62), t1), Window(t1, t2), FAST, progress=False)
+    with torch.no_grad():
+        after = float(batch_loss(result.model.eval(), batch, FAST)[0])
+    assert after < before - 0.03
+    assert result.epochs_run >= 1 and 0.0 <= result.val.auc <= 1.0
+
+
+def test_implicit_feedback_gets_sampled_negatives(small_data: Path) -> None:
+    hist = load_histories(small_data)
+    cfg = dataclasses.replace(FAST, negatives=3)
+    targets = select_targets(hist, Window(-(2**62), 2**62), 4, np.random.default_rng(0))
+    b = next(
+        iter_batches(
+            hist, targets, cfg, np.random.default_rng(0), item_pool=np.unique(hist.item_id)
+        )
+    )
+    assert torch.all(b.cand_offsets[1:] - b.cand_offsets[:-1] == 4)
+    assert float(b.cand_label.view(-1, 4)[:, 1:].sum()) == 0.0
+
+
+def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
+    variants = [
+        v
+        for v in evaluate.default_variants(TINY, last_k=20)
+        if v.name in ("no history", "VISTA K=16")
+    ]
+    rows = evaluate.run(
+        small_data, variants, dataclasses.replace(FAST, epochs=1), out_dir=tmp_path, progress=False
+    )
+    assert [r.model for r in rows] == ["no history", "VISTA K=16"]
+    assert all(0.0 <= r.auc <= 1.0 for r in rows)
+    assert rows[1].online_mflops_per_candidate > rows[0].online_mflops_per_candidate
+    assert (tmp_path / "quality_vs_cost.png").stat().st_size > 1000
+    assert "| VISTA K=16 |" in (tmp_path / "results.md").read_text()
+
+
+def test_online_cost_model_orders_the_baselines() -> None:
+    spec = ModelSpec()
+    cost = {
+        k: evaluate.online_flops_per_candidate(dataclasses.replace(spec, kind=k), 100_000)
+        for k in ("none", "mean", "vista", "din", "full")
+    }
+    assert cost["none"] < cost["mean"] < cost["vista"] < cost["full"]
+    assert cost["full"] > 100 * cost["vista"]  # full-history attention grows with n; VISTA does not
