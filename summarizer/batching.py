@@ -14,7 +14,6 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from kernels import linear_attention_prefix_states
 from summarizer.encoder import EventBatch, previous_times_jagged
 from summarizer.model import VistaModel
 from summarizer.ranker import context_features
@@ -154,16 +153,29 @@ def _vista_readouts(
     uniq, inverse = torch.unique(batch.req_user * width + sp, return_inverse=True)
     u_of, p_of = uniq // width, uniq % width
     phi_k, v = summ.keys_values(e)
-    states = []
-    for u in torch.unique(u_of).tolist():
-        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
-        pos = p_of[u_of == u]
-        per_layer = [
-            linear_attention_prefix_states(phi_k[a:b, layer], v[a:b, layer], pos)
-            for layer in range(summ.layers)
-        ]
-        states.append(torch.stack(per_layer, dim=1))
-    kv = torch.cat(states, 0)  # (S, L, H, F, D), ordered like uniq (by user, then position)
+    # Cut the batch's events at every user boundary and summary position, split once into
+    # chunks (slicing each chunk separately made autograd allocate a full-size gradient per
+    # slice: seconds per batch), sum phi(k) (x) v per chunk, and take differences of one
+    # cumulative sum: the state before summary i is the sum of its user's chunks up to it.
+    offsets = batch.offsets
+    starts = offsets[:-1][u_of] + p_of  # (S,) global positions, sorted
+    cuts = torch.unique(torch.cat([offsets, starts]))
+    lengths = (cuts[1:] - cuts[:-1]).tolist()
+    chunk_user = torch.searchsorted(offsets, cuts[:-1], right=True) - 1
+    last_start = torch.full((offsets.numel() - 1,), -1, dtype=torch.long).scatter_reduce(
+        0, u_of, starts, reduce="amax"
+    )
+    needed = (cuts[1:] <= last_start[chunk_user]).tolist()
+    shape = (summ.layers, summ.heads, summ.feature_dim, summ.head_dim + 1)
+    sums = [
+        torch.einsum("nlhf,nlhd->lhfd", ck, cv) if need else phi_k.new_zeros(shape)
+        for ck, cv, need in zip(phi_k.split(lengths), v.split(lengths), needed, strict=True)
+    ]
+    csum = torch.cumsum(torch.stack(sums, 0), 0)
+    csum = torch.cat([csum.new_zeros(1, *shape), csum], 0)  # csum[j] = sum of chunks < j
+    end = torch.searchsorted(cuts, starts)  # chunks before cut index end lie before the summary
+    begin = torch.searchsorted(cuts, offsets[:-1][u_of])
+    kv = (csum[end] - csum[begin]).double()  # (S, L, H, F, D+1), ordered like uniq
     return summ.readout_batch(kv, p_of), torch.stack([u_of, p_of], 1), inverse
 
 
