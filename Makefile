@@ -25,10 +25,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	@echo "== 1. generate a synthetic lifelong dataset (power-law lengths, bad rows injected)"
-	cd $(DEMO_DIR) && ../$(BIN)/vista data synth --quiet
+	cd $(DEMO_DIR) && ../$(BIN)/vista data synth --users 1000 --max-events 100000 --quiet
 	@echo "== 2. validate it: bad rows go to quarantine with a reason, nothing is lost"
 	cd $(DEMO_DIR) && ../$(BIN)/vista data validate --quiet
-	@echo "== demo finished; outputs under $(DEMO_DIR)/data"
+	@echo "== 3. train VISTA end to end (1 short epoch on the demo data; see vista evaluate for the full comparison)"
+	cd $(DEMO_DIR) && VISTA_TRAIN__TARGETS_PER_USER=8 VISTA_TRAIN__EVAL_TARGETS_PER_USER=8 ../$(BIN)/vista train --epochs 1 --quiet
+	@echo "== 4. summarize the longest user's whole history in-process (K x d tokens, whatever n is)"
+	cd $(DEMO_DIR) && ../$(BIN)/vista summarize 0
+	@echo "== demo finished; outputs under $(DEMO_DIR)/data and $(DEMO_DIR)/artifacts"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

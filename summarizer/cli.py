@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,7 +183,9 @@ def _cmd_summarize(cfg: VistaConfig, args: argparse.Namespace) -> int:
         print(f"user {args.user}: no events; the cold-start summary would be used")
         return 0
     events = EventBatch.from_numpy(hist.item_id, hist.ts, hist.action, hist.weight)
+    t0 = time.perf_counter()
     state, tokens = summ.summarize(events)
+    seconds = time.perf_counter() - t0
     norms = tokens.norm(dim=1)
     report = {
         "user_id": args.user,
@@ -194,6 +197,7 @@ def _cmd_summarize(cfg: VistaConfig, args: argparse.Namespace) -> int:
         "token_norm_mean": float(norms.mean()),
         "token_norm_max": float(norms.max()),
         "finite": bool(torch.isfinite(tokens).all()),
+        "seconds": round(seconds, 4),
     }
     print(json.dumps(report, indent=2))
     return 0
