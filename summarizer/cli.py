@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", help="validated events folder (default: data.valid_dir)")
     sm.add_argument("--model", help="model folder (default: model.model_dir)")
     sm.set_defaults(func=_cmd_summarize)
+
+    from summarizer.store_cli import register as register_store
+
+    register_store(sub)
     return parser
 
 

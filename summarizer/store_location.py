@@ -77,12 +77,14 @@ class StoreLocation:
                 self.table_uri(table), version=version, storage_options=self._options()
             )
         except (ValueError, OSError) as exc:
-            if version is not None and ("Ref not found" in str(exc) or _is_not_found(exc)):
-                if self.exists(table):
-                    raise VersionNotFoundError(
-                        f"table '{table}' has no version or tag {version!r} "
-                        "(never made, or removed by cleanup)"
-                    ) from exc
+            missing_version = version is not None and (
+                "Ref not found" in str(exc) or _is_not_found(exc)
+            )
+            if missing_version and self.exists(table):
+                raise VersionNotFoundError(
+                    f"table '{table}' has no version or tag {version!r} "
+                    "(never made, or removed by cleanup)"
+                ) from exc
             if _is_not_found(exc):
                 raise TableNotFoundError(table, self.uri) from exc
             raise StoreUnavailableError(

@@ -1,0 +1,313 @@
+"""SummaryStore: the one facade over the LanceDB summary store.
+
+    store = SummaryStore.from_config(cfg.store)
+    store.publish(records)                 # atomic upsert of one run (stage + one commit)
+    store.promote()                        # readers now see it
+    batch = store.get([1, 2, 3])           # statuses, float16 (K, d) tokens, pinned version
+    reader = store.open_reader()           # online: pinned to `serving`, refreshed on a timer
+
+Distributed publish (Spark): workers call ``store.stage_fragments(table, batches)``
+and return the StagedFragments; the driver calls ``store.commit_upsert(table,
+staged)`` once. See :mod:`summarizer.store_write` for why that is atomic and
+idempotent, :mod:`summarizer.store_read` for the read path and
+:mod:`summarizer.store_versions` for tags, rollback and compaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from summarizer.config import StoreConfig
+from summarizer.store_errors import (
+    ConcurrentWriteError,
+    DuplicateUserError,
+    InvalidUserIdError,
+    NoServingVersionError,
+    SchemaMismatchError,
+    ShapeMismatchError,
+    StoreError,
+    StoreUnavailableError,
+    TableNotFoundError,
+    VersionNotFoundError,
+)
+from summarizer.store_location import StoreLocation
+from summarizer.store_read import (
+    SERVING_TAG,
+    Lookup,
+    SummaryBatch,
+    SummaryReader,
+    SummaryResult,
+    SummaryStatus,
+    validate_user_ids,
+)
+from summarizer.store_records import (
+    MemoryBankRecord,
+    StateRecord,
+    SummaryRecord,
+    memory_banks_from_table,
+    memory_banks_to_batch,
+    states_from_table,
+    states_to_batch,
+    summaries_from_table,
+    summaries_to_batch,
+)
+from summarizer.store_schema import (
+    KEY,
+    MEMORY_BANK,
+    STATE,
+    SUMMARIES,
+    TABLES,
+    check_summary_shape,
+    memory_bank_schema,
+    state_schema,
+    summaries_schema,
+)
+from summarizer.store_stage import StagedFragments, stage_fragments
+from summarizer.store_versions import (
+    MaintenanceResult,
+    RollbackResult,
+    StoreInfo,
+    compact,
+    promote,
+    rollback,
+    store_info,
+    tag_versions,
+)
+from summarizer.store_write import PublishResult, commit_upsert
+
+__all__ = [
+    "MEMORY_BANK",
+    "SERVING_TAG",
+    "STATE",
+    "SUMMARIES",
+    "ConcurrentWriteError",
+    "DuplicateUserError",
+    "InvalidUserIdError",
+    "MaintenanceResult",
+    "MemoryBankRecord",
+    "NoServingVersionError",
+    "PublishResult",
+    "RollbackResult",
+    "SchemaMismatchError",
+    "ShapeMismatchError",
+    "StagedFragments",
+    "StateRecord",
+    "StoreError",
+    "StoreInfo",
+    "StoreLocation",
+    "StoreUnavailableError",
+    "SummaryBatch",
+    "SummaryReader",
+    "SummaryRecord",
+    "SummaryResult",
+    "SummaryStatus",
+    "SummaryStore",
+    "TableNotFoundError",
+    "VersionNotFoundError",
+    "memory_bank_schema",
+    "memory_banks_from_table",
+    "memory_banks_to_batch",
+    "state_schema",
+    "states_from_table",
+    "states_to_batch",
+    "summaries_from_table",
+    "summaries_schema",
+    "summaries_to_batch",
+    "validate_user_ids",
+]
+
+_TABLE_OF_RECORD = {SummaryRecord: SUMMARIES, StateRecord: STATE, MemoryBankRecord: MEMORY_BANK}
+
+
+class SummaryStore:
+    """Summaries, summarizer states and memory banks of every user, in one LanceDB database.
+
+    Cheap to construct and picklable (it holds a URI, options and a clock), so
+    Spark workers can build one to stage fragments.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        max_age_s: float = 3 * 86400,
+        refresh_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.location = StoreLocation(str(uri), dict(storage_options or {}))
+        self.max_age_s, self.refresh_interval_s, self.clock = max_age_s, refresh_interval_s, clock
+        self._reader: SummaryReader | None = None
+        self._reader_lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls, cfg: StoreConfig, *, clock: Callable[[], float] = time.time
+    ) -> SummaryStore:
+        """A store from the ``[store]`` config section (uri, ages, storage options)."""
+        return cls(
+            cfg.uri,
+            storage_options=cfg.storage_options,
+            max_age_s=cfg.max_age_s,
+            refresh_interval_s=cfg.refresh_interval_s,
+            clock=clock,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"], state["_reader_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reader_lock = threading.Lock()
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri
+
+    # -- tables ----------------------------------------------------------------------------
+    def exists(self, table: str = SUMMARIES) -> bool:
+        return self.location.exists(table)
+
+    def schema(self, table: str = SUMMARIES) -> pa.Schema:
+        """The table's Arrow schema, with its vista.* metadata (K, d, model version...)."""
+        return self.location.open(table).schema
+
+    def expect_shape(self, K: int, d: int) -> None:
+        """Raise ShapeMismatchError unless stored summaries are K x d (check at model load)."""
+        check_summary_shape(self.schema(SUMMARIES), K, d)
+
+    # -- writes ----------------------------------------------------------------------------
+    def stage_fragments(
+        self, table: str, data: Any, *, schema: pa.Schema | None = None
+    ) -> StagedFragments:
+        """Worker half of a publish: write invisible fragments, return what the driver commits."""
+        return stage_fragments(self.location, table, data, schema=schema)
+
+    def commit_upsert(self, table: str, staged: Sequence[StagedFragments]) -> PublishResult:
+        """Driver half of a publish: one commit replaces the staged users' rows."""
+        return commit_upsert(self.location, table, staged)
+
+    def publish(
+        self,
+        data: Iterable[Any] | Any,
+        *,
+        table: str | None = None,
+        schema: pa.Schema | None = None,
+        promote: bool = False,
+    ) -> PublishResult:
+        """Upsert records or Arrow data atomically; ``promote`` also moves the serving tag.
+
+        The table follows from the record type (SummaryRecord, StateRecord,
+        MemoryBankRecord); Arrow data goes to ``table`` (default: summaries).
+        """
+        if table is None:
+            if isinstance(data, Sequence) and data and type(data[0]) in _TABLE_OF_RECORD:
+                table = _TABLE_OF_RECORD[type(data[0])]
+            else:
+                table = SUMMARIES
+        staged = self.stage_fragments(table, data, schema=schema)
+        result = self.commit_upsert(table, [staged])
+        if promote and result.version is not None:
+            self.promote(result.version, table=table)
+            result = PublishResult(**{**result.__dict__, "promoted": True})
+        return result
+
+    # -- reads -----------------------------------------------------------------------------
+    def open_reader(
+        self,
+        *,
+        tag: str | None = SERVING_TAG,
+        require_tag: bool = True,
+        lookup: Lookup = "take",
+        refresh_interval_s: float | None = None,
+        version: int | None = None,
+    ) -> SummaryReader:
+        """An online reader pinned to the serving tag (or to ``version``); see SummaryReader."""
+        interval = self.refresh_interval_s if refresh_interval_s is None else refresh_interval_s
+        return SummaryReader(
+            self.location,
+            tag=tag,
+            require_tag=require_tag,
+            refresh_interval_s=interval,
+            max_age_s=self.max_age_s,
+            clock=self.clock,
+            lookup=lookup,
+            version=version,
+        )
+
+    def get(self, user_ids: Any, *, version: int | None = None) -> SummaryBatch:
+        """Summaries of one id or many in one read: the serving version, else the latest.
+
+        ``version`` reads that exact version instead (audits, checks before promoting).
+        """
+        ids = validate_user_ids(user_ids)
+        if version is not None:
+            return self.open_reader(version=version, lookup="index").get(ids)
+        with self._reader_lock:
+            if self._reader is None:
+                # The facade is for jobs and tools: always re-check the tag, so a read
+                # right after a promote sees it (online readers use open_reader()).
+                self._reader = self.open_reader(require_tag=False, refresh_interval_s=0)
+            reader = self._reader
+        return reader.get(ids)
+
+    def _read_table(self, table: str, user_ids: Any) -> pa.Table:
+        ids = validate_user_ids(user_ids)
+        ds = self.location.open(table)
+        return ds.to_table(filter=pc.field(KEY).isin(pa.array(ids, type=pa.int64())))
+
+    def get_states(self, user_ids: Any) -> dict[int, StateRecord]:
+        """Batch side: the latest summarizer states of these users (missing users absent).
+
+        ``record.to_summary_state()`` gives the summarizer's SummaryState.
+        """
+        if not self.exists(STATE):
+            return {}
+        return {r.user_id: r for r in states_from_table(self._read_table(STATE, user_ids))}
+
+    def get_memory_banks(self, user_ids: Any) -> dict[int, MemoryBankRecord]:
+        """The latest memory-bank rows of these users (missing users absent)."""
+        if not self.exists(MEMORY_BANK):
+            return {}
+        rows = self._read_table(MEMORY_BANK, user_ids)
+        return {r.user_id: r for r in memory_banks_from_table(rows)}
+
+    # -- versions --------------------------------------------------------------------------
+    def serving_version(self, table: str = SUMMARIES) -> int | None:
+        return tag_versions(self.location.open(table)).get(SERVING_TAG)
+
+    def promote(self, version: int | None = None, *, table: str = SUMMARIES) -> int:
+        """Move the serving tag to ``version`` (default: latest); readers follow on refresh."""
+        return promote(self.location, version, table)
+
+    def rollback(
+        self, version: int | None = None, *, restore_latest: bool = True, table: str = SUMMARIES
+    ) -> RollbackResult:
+        """Serve an earlier version again (default: the one before the last promote)."""
+        return rollback(self.location, version, restore_latest=restore_latest, table=table)
+
+    def compact(
+        self,
+        *,
+        cleanup_older_than: dt.timedelta | None = dt.timedelta(hours=1),
+        tables: Sequence[str] = TABLES,
+    ) -> list[MaintenanceResult]:
+        """Compact files, re-index and remove old untagged versions of every existing table."""
+        return [
+            compact(self.location, t, cleanup_older_than=cleanup_older_than)
+            for t in tables
+            if self.exists(t)
+        ]
+
+    def info(self) -> StoreInfo:
+        """Tables, rows, versions, tags and sizes."""
+        return store_info(self.location)

@@ -1,0 +1,359 @@
+"""Online reads: a reader pinned to the `serving` tag, with a status for every user.
+
+A :class:`SummaryReader` holds one immutable snapshot (a lance dataset checked
+out at the tagged version plus a sorted user_id -> row map). Every ``get``
+takes the snapshot once and reads only from it, so one request never mixes
+versions; a refresh builds a new snapshot and swaps the reference.
+
+Lookups: ``take`` (default) keeps every user's small columns (id, row offset,
+counts, timestamps, model version: about 50 bytes a user) in memory, built once
+per pinned version, and reads only the tokens of the wanted rows with one
+``take``: each extra column would cost one more random read per row. ``index``
+keeps nothing and pushes an ``isin`` filter down to the BTREE index (for tables
+too big for that map). Neither builds a filter string: ids are validated into
+an int64 array first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from summarizer.store_errors import InvalidUserIdError, NoServingVersionError
+from summarizer.store_location import StoreLocation
+from summarizer.store_records import fixed_list_values
+from summarizer.store_schema import KEY, SUMMARIES, check_summary_shape, summary_shape
+
+SERVING_TAG = "serving"
+Lookup = Literal["take", "index"]
+_INT64_MAX = np.iinfo(np.int64).max
+_SCALARS = ["user_id", "model_version", "n_events", "first_ts", "last_ts", "computed_at"]
+_COLUMNS = [*_SCALARS, "tokens"]
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+log = logging.getLogger(__name__)
+
+
+class SummaryStatus(enum.StrEnum):
+    """What a read found for one user (stale rows still carry their tokens)."""
+
+    PRESENT = "present"
+    NOT_FOUND = "not_found"
+    STALE = "stale"
+
+
+def _bad_id(value: object, why: str) -> InvalidUserIdError:
+    return InvalidUserIdError(
+        f"invalid user id {value!r} ({type(value).__name__}): {why}; "
+        "user ids are non-negative integers"
+    )
+
+
+def _check_scalar(value: object) -> int:
+    # bool is an int subclass, and True silently meaning user 1 is a bug, not a feature.
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise _bad_id(value, "not an integer")
+    v = int(value)
+    if v < 0:
+        raise _bad_id(value, "negative")
+    if v > _INT64_MAX:
+        raise _bad_id(value, "larger than int64")
+    return v
+
+
+def validate_user_ids(user_ids: Any) -> np.ndarray:
+    """One id or a sequence/array of ids -> int64 array; raises InvalidUserIdError otherwise.
+
+    Runs before any query is built; nothing unchecked ever reaches a filter.
+    """
+    if isinstance(user_ids, np.ndarray):
+        if user_ids.dtype.kind not in "iu" or user_ids.ndim > 1:
+            raise _bad_id(user_ids.dtype, f"array of {user_ids.dtype} with {user_ids.ndim} dims")
+        if user_ids.size and user_ids.min() < 0:
+            raise _bad_id(int(user_ids.min()), "negative")
+        if user_ids.dtype.kind == "u" and user_ids.size and user_ids.max() > _INT64_MAX:
+            raise _bad_id(int(user_ids.max()), "larger than int64")
+        return user_ids.astype(np.int64, copy=False).reshape(-1)
+    if isinstance(user_ids, str | bytes | bytearray | float | dict | set):
+        raise _bad_id(user_ids, "not an integer")
+    if isinstance(user_ids, int | np.integer | np.bool_):
+        return np.array([_check_scalar(user_ids)], dtype=np.int64)
+    try:
+        items = list(user_ids)
+    except TypeError:
+        raise _bad_id(user_ids, "not an integer") from None
+    return np.array([_check_scalar(v) for v in items], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    """One user's summary as read: tokens are float16 (K, d), or None when not found."""
+
+    user_id: int
+    status: SummaryStatus
+    tokens: np.ndarray | None = None
+    model_version: str | None = None
+    n_events: int | None = None
+    first_ts: int | None = None
+    last_ts: int | None = None
+    computed_at: dt.datetime | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.status is not SummaryStatus.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class SummaryBatch:
+    """Results for the requested ids, in request order, all read from one table version."""
+
+    version: int
+    tag: str | None
+    K: int
+    d: int
+    results: tuple[SummaryResult, ...]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[SummaryResult]:
+        return iter(self.results)
+
+    def __getitem__(self, i: int) -> SummaryResult:
+        return self.results[i]
+
+    @property
+    def statuses(self) -> list[SummaryStatus]:
+        return [r.status for r in self.results]
+
+    def tokens_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K, d) float16 tokens (zeros where not found) and a (B,) found mask."""
+        out = np.zeros((len(self.results), self.K, self.d), dtype=np.float16)
+        found = np.zeros(len(self.results), dtype=bool)
+        for i, r in enumerate(self.results):
+            if r.tokens is not None:
+                out[i], found[i] = r.tokens, True
+        return out, found
+
+
+# Columns of _Scalars.values; one int64 matrix so a read gathers a user's fields at once.
+_N_EVENTS, _FIRST, _FIRST_OK, _LAST, _LAST_OK, _COMPUTED_US, _MODEL = range(7)
+
+
+@dataclass(frozen=True)
+class _Scalars:
+    """The small columns of some rows, sorted by user_id.
+
+    ``row`` is where each row's tokens are: its offset in the dataset version
+    (take lookup) or its index in the table that was read (index lookup).
+    ``values`` holds the other fields as int64 (see the _N_EVENTS.. columns);
+    the model version is a code into ``model_versions``.
+    """
+
+    user_id: np.ndarray
+    row: np.ndarray
+    values: np.ndarray
+    model_versions: list[str]
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> _Scalars:
+        uid = table[KEY].to_numpy()
+        order = np.argsort(uid, kind="stable")
+        mv = pc.dictionary_encode(table["model_version"]).combine_chunks()
+        columns = [
+            table["n_events"].to_numpy(),
+            pc.fill_null(table["first_ts"], 0).to_numpy(),
+            table["first_ts"].is_valid().to_numpy(zero_copy_only=False),
+            pc.fill_null(table["last_ts"], 0).to_numpy(),
+            table["last_ts"].is_valid().to_numpy(zero_copy_only=False),
+            table["computed_at"].cast(pa.int64()).to_numpy(),
+            mv.indices.to_numpy(),
+        ]
+        values = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
+        return cls(uid[order], order, values[order], mv.dictionary.to_pylist())
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    ds: lance.LanceDataset
+    version: int
+    tag: str | None
+    K: int
+    d: int
+    scalars: _Scalars | None  # every row's small columns (take lookup only)
+
+
+class SummaryReader:
+    """Reads summaries from a pinned version; re-pins every ``refresh_interval_s``.
+
+    ``tag=None`` follows the latest version. With ``require_tag=False`` a missing
+    tag falls back to the latest version until the tag appears. ``version`` pins
+    that exact version for good (audits, checks before promoting).
+    """
+
+    def __init__(
+        self,
+        location: StoreLocation,
+        *,
+        tag: str | None = SERVING_TAG,
+        require_tag: bool = True,
+        refresh_interval_s: float = 30.0,
+        max_age_s: float = 3 * 86400,
+        clock: Callable[[], float] = time.time,
+        lookup: Lookup = "take",
+        table: str = SUMMARIES,
+        version: int | None = None,
+    ) -> None:
+        if lookup not in ("take", "index"):
+            raise ValueError(f"lookup must be 'take' or 'index', got {lookup!r}")
+        self.location, self.table, self.lookup = location, table, lookup
+        self.tag, self.require_tag, self.fixed_version = tag, require_tag, version
+        self.refresh_interval_s, self.max_age_s, self.clock = refresh_interval_s, max_age_s, clock
+        self.last_refresh_error: BaseException | None = None
+        self._refreshing = threading.Lock()
+        self._snap = self._load(*self._target())
+        self._checked_at = clock()
+
+    # -- pinning -------------------------------------------------------------------------
+    def _target(self) -> tuple[int, str | None]:
+        if self.fixed_version is not None:
+            return self.fixed_version, None
+        latest = self.location.open(self.table)
+        if self.tag is not None:
+            tags = latest.tags.list()
+            if self.tag in tags:
+                return int(tags[self.tag]["version"]), self.tag
+            if self.require_tag:
+                raise NoServingVersionError(
+                    f"table '{self.table}' at {self.location.uri} has no '{self.tag}' tag: "
+                    "promote a published version first (SummaryStore.promote or "
+                    "`vista store promote`)"
+                )
+        return int(latest.version), None
+
+    def _load(self, version: int, tag: str | None) -> _Snapshot:
+        ds = self.location.open(self.table, version=version)
+        K, d = summary_shape(ds.schema)
+        # The take lookup keeps every user's small columns in memory (about 50 bytes a
+        # user) so a read fetches only the tokens column: each extra column is one
+        # more random read per row.
+        scalars = (
+            _Scalars.from_table(ds.to_table(columns=_SCALARS)) if self.lookup == "take" else None
+        )
+        return _Snapshot(ds, version, tag, K, d, scalars)
+
+    def refresh(self, force: bool = True) -> bool:
+        """Re-read the tag now; swap to its version if it moved. True if the pin changed."""
+        if not force and self.clock() - self._checked_at < self.refresh_interval_s:
+            return False
+        # One refresher at a time; the others keep serving the current snapshot.
+        if not self._refreshing.acquire(blocking=force):
+            return False
+        try:
+            version, tag = self._target()
+            self._checked_at = self.clock()
+            if (version, tag) == (self._snap.version, self._snap.tag):
+                return False
+            self._snap = self._load(version, tag)
+            return True
+        finally:
+            self._refreshing.release()
+
+    def _current(self) -> _Snapshot:
+        try:
+            self.refresh(force=False)
+            self.last_refresh_error = None
+        except Exception as exc:
+            # Keep serving the pinned version through a storage blip; say so in the log.
+            self.last_refresh_error = exc
+            self._checked_at = self.clock()
+            log.warning(
+                "summary store refresh failed, still serving version %s: %s",
+                self._snap.version,
+                exc,
+            )
+        return self._snap
+
+    @property
+    def version(self) -> int:
+        return self._snap.version
+
+    @property
+    def pinned_tag(self) -> str | None:
+        return self._snap.tag
+
+    def expect_shape(self, K: int, d: int) -> None:
+        """Raise ShapeMismatchError unless the pinned summaries are K x d."""
+        check_summary_shape(self._snap.ds.schema, K, d)
+
+    # -- reads ---------------------------------------------------------------------------
+    def _read(
+        self, snap: _Snapshot, ids: np.ndarray
+    ) -> tuple[_Scalars, np.ndarray, np.ndarray, np.ndarray]:
+        """(scalars, position of each id in them, found mask, tokens of the found ids)."""
+        if snap.scalars is not None:
+            sc = snap.scalars
+        else:
+            wanted = pa.array(np.unique(ids), type=pa.int64())
+            table = snap.ds.to_table(columns=_COLUMNS, filter=pc.field(KEY).isin(wanted))
+            sc = _Scalars.from_table(table)
+        n = len(sc.user_id)
+        pos = np.minimum(np.searchsorted(sc.user_id, ids), max(n - 1, 0))
+        hit = sc.user_id[pos] == ids if n else np.zeros(len(ids), dtype=bool)
+        rows = sc.row[pos[hit]]
+        shape = (-1, snap.K, snap.d)
+        if not len(rows):
+            return sc, pos, hit, np.zeros((0, snap.K, snap.d), np.float16)
+        if snap.scalars is None:
+            return sc, pos, hit, fixed_list_values(table["tokens"], np.float16).reshape(shape)[rows]
+        # One read for the whole batch, of the tokens column only. take returns rows
+        # in the order asked: ask in sorted order, then map each id to its place.
+        offsets = rows if len(rows) == 1 else np.unique(rows)
+        taken = snap.ds.take(offsets, columns=["tokens"])["tokens"]
+        tokens = fixed_list_values(taken, np.float16).reshape(shape)
+        if len(offsets) == len(rows) and (len(rows) == 1 or np.array_equal(offsets, rows)):
+            return sc, pos, hit, tokens
+        return sc, pos, hit, tokens[np.searchsorted(offsets, rows)]
+
+    def get(self, user_ids: Any) -> SummaryBatch:
+        """Summaries of one id or many, in one read; a status for each requested id."""
+        ids = validate_user_ids(user_ids)
+        snap = self._current()
+        sc, pos, hit, tokens = self._read(snap, ids)
+        fields = sc.values[pos[hit]].tolist()
+        horizon_us = (self.clock() - self.max_age_s) * 1e6 if self.max_age_s > 0 else -np.inf
+        results = []
+        j = 0
+        for u, h in zip(ids.tolist(), hit.tolist(), strict=True):
+            if not h:
+                results.append(SummaryResult(u, SummaryStatus.NOT_FOUND))
+                continue
+            f = fields[j]
+            results.append(
+                SummaryResult(
+                    u,
+                    SummaryStatus.STALE if f[_COMPUTED_US] < horizon_us else SummaryStatus.PRESENT,
+                    tokens[j],
+                    sc.model_versions[f[_MODEL]],
+                    f[_N_EVENTS],
+                    f[_FIRST] if f[_FIRST_OK] else None,
+                    f[_LAST] if f[_LAST_OK] else None,
+                    _EPOCH + dt.timedelta(microseconds=f[_COMPUTED_US]),
+                )
+            )
+            j += 1
+        return SummaryBatch(snap.version, snap.tag, snap.K, snap.d, tuple(results))
+
+    def get_one(self, user_id: int) -> SummaryResult:
+        """The summary of one user."""
+        return self.get(user_id).results[0]

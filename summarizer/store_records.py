@@ -1,0 +1,297 @@
+"""Row types of the store's tables and their conversion to and from Arrow.
+
+Batch jobs that already hold Arrow data can skip these dataclasses and write
+record batches with the schemas of :mod:`summarizer.store_schema`; these
+helpers are the reference for what such a batch looks like.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from summarizer.store_errors import SchemaMismatchError
+from summarizer.store_schema import (
+    UTC_US,
+    kv_shape_of,
+    memory_bank_schema,
+    memory_bank_shape,
+    state_schema,
+    summaries_schema,
+    summary_shape,
+)
+
+if TYPE_CHECKING:
+    from summarizer.vista import SummaryState
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class SummaryRecord:
+    """One user's serving summary: K x d tokens and what they summarize."""
+
+    user_id: int
+    model_version: str
+    tokens: np.ndarray  # (K, d), stored as float16
+    n_events: int
+    first_ts: int | None
+    last_ts: int | None
+    computed_at: dt.datetime  # timezone-aware
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """One user's summarizer state (batch side): enough to fold new events in."""
+
+    user_id: int
+    model_version: str
+    kv: np.ndarray  # float64 (L, H, F, D+1)
+    n_events: int
+    first_ts: int | None
+    last_ts: int | None
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_summary_state(
+        cls,
+        user_id: int,
+        model_version: str,
+        state: SummaryState,
+        updated_at: dt.datetime | None = None,
+    ) -> StateRecord:
+        kv = state.kv.detach().to("cpu").double().numpy()
+        return cls(
+            user_id,
+            model_version,
+            kv,
+            state.n_events,
+            state.first_ts,
+            state.last_ts,
+            updated_at or utc_now(),
+        )
+
+    def to_summary_state(self) -> SummaryState:
+        """The summarizer's state object (imports torch, so only the batch side pays for it)."""
+        import torch
+
+        from summarizer.vista import SummaryState
+
+        kv = torch.from_numpy(np.array(self.kv, dtype=np.float64, copy=True))
+        return SummaryState(kv, int(self.n_events), self.first_ts, self.last_ts)
+
+
+@dataclass(frozen=True)
+class MemoryBankRecord:
+    """Up to C cluster tokens of one user (GSU memory) with each cluster's size."""
+
+    user_id: int
+    model_version: str
+    tokens: np.ndarray  # (c, d) float16, c <= C
+    sizes: np.ndarray  # (c,) int64
+    updated_at: dt.datetime
+
+
+def _timestamps(values: Sequence[dt.datetime], name: str) -> pa.Array:
+    for v in values:
+        if not isinstance(v, dt.datetime) or v.tzinfo is None:
+            raise SchemaMismatchError(f"{name} must be a timezone-aware datetime, got {v!r}")
+    return pa.array(values, type=UTC_US)
+
+
+def _one_model_version(records: Sequence[Any], model_version: str | None) -> str:
+    versions = {r.model_version for r in records}
+    if model_version is not None:
+        versions.add(model_version)
+    if len(versions) != 1:
+        raise SchemaMismatchError(
+            f"one publish holds one model version, got {sorted(versions)[:5]}"
+        )
+    return versions.pop()
+
+
+def _fixed_lists(values: np.ndarray, width: int, dtype: Any) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def _stack(records: Sequence[Any], attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    out = np.empty((len(records), *shape), dtype=dtype)
+    for i, r in enumerate(records):
+        value = np.asarray(getattr(r, attr))
+        if value.shape != shape:
+            raise SchemaMismatchError(
+                f"user {r.user_id}: {attr} has shape {value.shape}, expected {shape}"
+            )
+        out[i] = value
+    return out
+
+
+def _ints(records: Sequence[Any], attr: str) -> pa.Array:
+    return pa.array([getattr(r, attr) for r in records], type=pa.int64())
+
+
+def summaries_to_batch(
+    records: Sequence[SummaryRecord],
+    K: int | None = None,
+    d: int | None = None,
+    model_version: str | None = None,
+) -> pa.RecordBatch:
+    """Records -> one record batch with the summaries schema (K, d inferred from the first)."""
+    if not records and (K is None or d is None or model_version is None):
+        raise SchemaMismatchError("an empty batch needs K, d and model_version")
+    if K is None or d is None:
+        K, d = np.asarray(records[0].tokens).shape
+    mv = _one_model_version(records, model_version)
+    schema = summaries_schema(int(K), int(d), mv)
+    tokens = _stack(records, "tokens", (int(K), int(d)), np.float16)
+    arrays = [
+        _ints(records, "user_id"),
+        pa.array([r.model_version for r in records], type=pa.string()),
+        _fixed_lists(tokens, int(K) * int(d), np.float16),
+        _ints(records, "n_events"),
+        _ints(records, "first_ts"),
+        _ints(records, "last_ts"),
+        _timestamps([r.computed_at for r in records], "computed_at"),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def fixed_list_values(column: pa.ChunkedArray | pa.Array, dtype: Any) -> np.ndarray:
+    """The flat values of a fixed-size-list column as numpy (respects slicing).
+
+    Reads each chunk's child array directly: on the online read path this is
+    several times cheaper than ``combine_chunks().flatten()``.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        size = chunk.type.list_size
+        values = chunk.values
+        if chunk.offset or len(values) != len(chunk) * size:
+            values = values.slice(chunk.offset * size, len(chunk) * size)
+        parts.append(np.asarray(values.to_numpy(zero_copy_only=False), dtype=dtype))
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def summaries_from_table(table: pa.Table | pa.RecordBatch) -> list[SummaryRecord]:
+    """A summaries table (or batch) -> records, tokens as float16 (K, d) arrays."""
+    K, d = summary_shape(table.schema)
+    tokens = fixed_list_values(table.column("tokens"), np.float16).reshape(-1, K, d)
+    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name != "tokens"}
+    return [
+        SummaryRecord(
+            cols["user_id"][i],
+            cols["model_version"][i],
+            tokens[i],
+            cols["n_events"][i],
+            cols["first_ts"][i],
+            cols["last_ts"][i],
+            cols["computed_at"][i],
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+def states_to_batch(
+    records: Sequence[StateRecord],
+    kv_shape: tuple[int, ...] | None = None,
+    model_version: str | None = None,
+) -> pa.RecordBatch:
+    """Records -> one record batch with the state schema."""
+    if not records and (kv_shape is None or model_version is None):
+        raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
+    shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
+    mv = _one_model_version(records, model_version)
+    kv = _stack(records, "kv", shape, np.float64)
+    arrays = [
+        _ints(records, "user_id"),
+        pa.array([r.model_version for r in records], type=pa.string()),
+        _fixed_lists(kv, int(np.prod(shape)), np.float64),
+        _ints(records, "n_events"),
+        _ints(records, "first_ts"),
+        _ints(records, "last_ts"),
+        _timestamps([r.updated_at for r in records], "updated_at"),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=state_schema(shape, mv))
+
+
+def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
+    shape = kv_shape_of(table.schema)
+    kv = fixed_list_values(table.column("kv"), np.float64).reshape(-1, *shape)
+    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name != "kv"}
+    return [
+        StateRecord(
+            cols["user_id"][i],
+            cols["model_version"][i],
+            kv[i],
+            cols["n_events"][i],
+            cols["first_ts"][i],
+            cols["last_ts"][i],
+            cols["updated_at"][i],
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+def memory_banks_to_batch(
+    records: Sequence[MemoryBankRecord], C: int, d: int, model_version: str | None = None
+) -> pa.RecordBatch:
+    """Records -> one record batch with the memory-bank schema (capacity C, width d)."""
+    if not records and model_version is None:
+        raise SchemaMismatchError("an empty batch needs model_version")
+    mv = _one_model_version(records, model_version)
+    counts = np.zeros(len(records) + 1, dtype=np.int32)
+    tokens, sizes = [], []
+    for i, r in enumerate(records):
+        t = np.asarray(r.tokens, dtype=np.float16).reshape(-1, d)
+        s = np.asarray(r.sizes, dtype=np.int64).reshape(-1)
+        if len(t) != len(s) or len(t) > C:
+            raise SchemaMismatchError(
+                f"user {r.user_id}: {len(t)} cluster tokens and {len(s)} sizes (capacity C={C})"
+            )
+        counts[i + 1] = len(t)
+        tokens.append(t)
+        sizes.append(s)
+    offsets = pa.array(np.cumsum(counts, dtype=np.int32))
+    flat = np.concatenate(tokens) if tokens else np.zeros((0, d), np.float16)
+    schema = memory_bank_schema(C, d, mv)
+    token_lists = pa.ListArray.from_arrays(
+        offsets, _fixed_lists(flat, d, np.float16), type=schema.field("tokens").type
+    )
+    size_flat = pa.array(np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
+    arrays = [
+        _ints(records, "user_id"),
+        pa.array([r.model_version for r in records], type=pa.string()),
+        token_lists,
+        pa.ListArray.from_arrays(offsets, size_flat, type=pa.list_(pa.int64())),
+        _timestamps([r.updated_at for r in records], "updated_at"),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def memory_banks_from_table(table: pa.Table | pa.RecordBatch) -> list[MemoryBankRecord]:
+    _, d = memory_bank_shape(table.schema)
+    tokens = table.column("tokens").to_pylist()
+    sizes = table.column("sizes").to_pylist()
+    cols = {name: table.column(name).to_pylist() for name in ("user_id", "model_version")}
+    stamps = table.column("updated_at").to_pylist()
+    return [
+        MemoryBankRecord(
+            cols["user_id"][i],
+            cols["model_version"][i],
+            np.asarray(tokens[i], dtype=np.float16).reshape(-1, d),
+            np.asarray(sizes[i], dtype=np.int64),
+            stamps[i],
+        )
+        for i in range(table.num_rows)
+    ]
