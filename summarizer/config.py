@@ -101,7 +101,9 @@ class StoreConfig(_Section):
 
     uri: str = Field("data/store", description="local folder, s3://bucket/path or gs://...")
     max_age_s: int = Field(
-        3 * 86400, ge=0, description="summaries older than this read as stale; 0 turns the check off"
+        3 * 86400,
+        ge=0,
+        description="summaries older than this read as stale; 0 turns the check off",
     )
     refresh_interval_s: float = Field(30.0, ge=0, description="how often readers re-pin serving")
     storage_options: dict[str, str] = Field(default_factory=dict)
