@@ -25,3 +25,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("VISTA_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def clock():  # noqa: ANN201 - the store tests' settable clock
+    import datetime as dt
+
+    from store_helpers import T0, FakeClock
+
+    return FakeClock(T0 + dt.timedelta(minutes=5))
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock):  # noqa: ANN001, ANN201
+    """A SummaryStore in a fresh folder, with a 1 h staleness limit and the fake clock."""
+    from summarizer.store import SummaryStore
+
+    return SummaryStore(str(tmp_path / "db"), max_age_s=3600, refresh_interval_s=60, clock=clock)

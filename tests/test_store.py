@@ -9,6 +9,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
+from store_helpers import MV, T0, D, FakeClock, K, records, rows_of
 
 from summarizer.store import (
     MEMORY_BANK,
@@ -36,42 +37,6 @@ from summarizer.store import (
 )
 
 pytestmark = pytest.mark.integration
-
-T0 = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
-MV = "0123456789abcdef"
-K, D = 4, 8
-
-
-class FakeClock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.t = now.timestamp()
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def records(ids, marker: int = 0, seed: int = 0, mv: str = MV, at: dt.datetime = T0):
-    rng = np.random.default_rng(seed)
-    return [
-        SummaryRecord(
-            int(u), mv, rng.standard_normal((K, D)).astype(np.float16), marker, 100 + u, 200 + u, at
-        )
-        for u in ids
-    ]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0 + dt.timedelta(minutes=5))
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> SummaryStore:
-    return SummaryStore(str(tmp_path / "db"), max_age_s=3600, refresh_interval_s=60, clock=clock)
-
-
-def rows_of(store: SummaryStore, table: str = SUMMARIES) -> pa.Table:
-    return store.location.open(table).to_table()
 
 
 # -- round trips ------------------------------------------------------------------------------

@@ -3,56 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
+from store_helpers import FakeClock, records, rows_of
 
 from summarizer.store import (
     SUMMARIES,
     NoServingVersionError,
     StoreUnavailableError,
-    SummaryRecord,
     SummaryStore,
     VersionNotFoundError,
 )
 
 pytestmark = pytest.mark.integration
-
-T0 = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
-MV = "0123456789abcdef"
-K, D = 4, 8
-
-
-class FakeClock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.t = now.timestamp()
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def records(ids, marker: int = 0, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return [
-        SummaryRecord(int(u), MV, rng.standard_normal((K, D)).astype(np.float16), marker, 1, 2, T0)
-        for u in ids
-    ]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0 + dt.timedelta(minutes=5))
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> SummaryStore:
-    return SummaryStore(str(tmp_path / "db"), max_age_s=3600, refresh_interval_s=60, clock=clock)
-
-
-def rows_of(store: SummaryStore) -> pa.Table:
-    return store.location.open(SUMMARIES).to_table()
 
 
 def test_reader_pins_serving_and_refreshes_on_interval(
