@@ -157,7 +157,8 @@ def _cmd_evaluate(cfg: VistaConfig, args: argparse.Namespace) -> int:
     variants = evaluate.default_variants(_model_spec(cfg), last_k=cfg.model.last_k)
     if args.models:
         wanted = [w.strip().lower() for w in args.models.split(",")]
-        variants = [v for v in variants if any(w in v.name.lower() for w in wanted)]
+        # Prefix match: a substring match made "DIN" pick "LinkedIn" too.
+        variants = [v for v in variants if any(v.name.lower().startswith(w) for w in wanted)]
         if not variants:
             raise ValueError(f"no model matches {args.models!r}")
     rows = evaluate.run(
@@ -261,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--data", help="validated events folder (default: data.valid_dir)")
     ev.add_argument("--out", help="folder for results.md / results.json / quality_vs_cost.png")
-    ev.add_argument("--models", help="comma-separated name filters, e.g. 'no history,VISTA K=64'")
+    ev.add_argument(
+        "--models", help="comma-separated name prefixes, e.g. 'no history,DIN,VISTA K=64'"
+    )
     ev.add_argument("--epochs", type=int, help="override train.epochs")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
