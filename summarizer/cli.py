@@ -106,6 +106,7 @@ def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
         d_model=m.d_model,
         num_heads=m.num_heads,
         feature_dim=m.feature_dim,
+        feature_map=m.feature_map,
         num_layers=m.num_layers,
         item_buckets=m.item_buckets,
         num_actions=cfg.data.num_actions,

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -73,6 +73,9 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     item_buckets: int = Field(1 << 17, ge=16, description="hashed item-embedding rows")
     feature_dim: int = Field(32, ge=1, description="linear-attention features per head")
+    feature_map: Literal["silu", "softmax"] = Field(
+        "silu", description="VISTA's SiLU (count-normalized) or softmax slots (mass-normalized)"
+    )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")
     model_dir: str = "artifacts/model"
