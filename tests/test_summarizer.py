@@ -239,3 +239,19 @@ def test_load_refuses_tampered_or_incomplete_folders(tmp_path: Path, model: Vist
         artifacts.load(tmp_path / "m")
     with pytest.raises(artifacts.ModelArtifactError, match="no config.json"):
         artifacts.load(tmp_path / "empty")
+
+
+def test_softmax_slots_fold_law_and_scale() -> None:
+    """The softmax-slot feature map keeps the fold law and normalizes by each slot's mass."""
+    import dataclasses
+
+    torch.manual_seed(3)
+    m = VistaModel(dataclasses.replace(SMALL, feature_map="softmax", chunk_size=16)).eval()
+    summ = m.summarizer
+    assert summ is not None
+    events = random_events(200, seed=4)
+    _, whole = summ.summarize(events)
+    state = summ.fold(summ.fold(summ.empty_state(), events.slice(0, 77)), events.slice(77, 200))
+    assert rel_err(summ.readout(state), whole) <= 1e-4
+    mass = state.kv[..., -1]  # softmax features sum to 1 per event: total mass == n per head
+    assert torch.allclose(mass.sum(-1), torch.full_like(mass.sum(-1), 200.0), rtol=1e-6)
