@@ -87,7 +87,3 @@ def load(model_dir: str | os.PathLike[str]) -> tuple[VistaModel, str]:
         )
     model.eval()
     return model, version
-
-
-def load_metadata(model_dir: str | os.PathLike[str]) -> dict[str, object]:
-    return dict(json.loads((Path(model_dir) / CONFIG).read_text()).get("metadata", {}))

@@ -12,7 +12,6 @@ import dataclasses
 import math
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
 
@@ -64,20 +63,6 @@ class EventBatch:
             torch.from_numpy(np.ascontiguousarray(ts, dtype=np.int64)),
             torch.from_numpy(np.ascontiguousarray(action, dtype=np.int64)),
             torch.from_numpy(np.ascontiguousarray(w)),
-        )
-
-    @staticmethod
-    def from_arrow(table: pa.Table | pa.RecordBatch) -> EventBatch:
-        """From columns of the event contract (already validated, sorted by ts)."""
-        weight = table.column("weight") if "weight" in table.schema.names else None
-        w = None
-        if weight is not None:
-            w = weight.cast(pa.float32()).fill_null(float("nan")).to_numpy(zero_copy_only=False)
-        return EventBatch.from_numpy(
-            table.column("item_id").to_numpy(zero_copy_only=False),
-            table.column("ts").to_numpy(zero_copy_only=False),
-            table.column("action").to_numpy(zero_copy_only=False),
-            w,
         )
 
 

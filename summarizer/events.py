@@ -46,11 +46,6 @@ class Action(enum.IntEnum):
     RATE = 3  # explicit rating; the value is in ``weight``
 
 
-def day_of(ts: int) -> str:
-    """The UTC day (YYYY-MM-DD) of a unix timestamp."""
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d")
-
-
 def day_bounds(day: str) -> tuple[int, int]:
     """[start, end) unix seconds of a UTC day given as YYYY-MM-DD."""
     try:

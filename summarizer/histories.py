@@ -9,6 +9,7 @@ pushed-down filter, so only one bucket is in memory at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 
@@ -42,7 +43,9 @@ class Histories:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @functools.cached_property
     def labels(self) -> np.ndarray:
+        """Binary label of every event (computed once; batches index into it)."""
         return event_labels(self.action, self.weight)
 
     @staticmethod

@@ -221,7 +221,3 @@ class VistaModel(nn.Module):
         return self.score_memory(
             self.memory(tokens, None, None), item_ids, features, n_events, hours_since_last
         )
-
-    @torch.no_grad()
-    def summarize_events(self, events: EventBatch) -> tuple[Any, torch.Tensor]:
-        return self.require_summarizer().summarize(events)

@@ -110,7 +110,7 @@ def _make_batch(
     rng: np.random.Generator | None,
     item_pool: np.ndarray | None,
 ) -> TargetBatch:
-    labels_all = hist.labels()
+    labels_all = hist.labels
     ev_parts: list[slice] = []
     offsets = [0]
     req_user, req_pos, req_ts, req_sum = [], [], [], []

@@ -149,3 +149,27 @@ def test_online_cost_model_orders_the_baselines() -> None:
     }
     assert cost["none"] < cost["mean"] < cost["vista"] < cost["full"]
     assert cost["full"] > 100 * cost["vista"]  # full-history attention grows with n; VISTA does not
+
+
+def test_bucketed_reading_covers_every_user_once(small_data: Path) -> None:
+    """Data larger than memory is read one user bucket at a time; together the buckets are all."""
+    from summarizer.histories import iter_history_buckets
+
+    whole = load_histories(small_data)
+    buckets = list(iter_history_buckets(small_data, 4))
+    assert all(np.all(b.user_ids % 4 == i) for i, b in enumerate(buckets))
+    users = np.sort(np.concatenate([b.user_ids for b in buckets]))
+    assert np.array_equal(users, whole.user_ids)
+    assert sum(b.n_events for b in buckets) == whole.n_events
+    one = next(b for b in buckets if len(b.user_ids))
+    u = int(one.user_ids[0])
+    w = int(np.flatnonzero(whole.user_ids == u)[0])
+    a, b = whole.offsets[w], whole.offsets[w + 1]
+    assert np.array_equal(one.ts[one.offsets[0] : one.offsets[1]], whole.ts[a:b])
+
+
+def test_train_section_defaults_match_train_config() -> None:
+    """The TOML [train] section and TrainConfig must not drift apart."""
+    from summarizer.config import TrainSection
+
+    assert TrainSection().model_dump() == dataclasses.asdict(TrainConfig())
