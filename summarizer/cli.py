@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from summarizer.store_cli import register as register_store
 
     register_store(sub)
+    from batch_jobs.cli import register as register_jobs
+
+    register_jobs(sub)
     return parser
 
 

@@ -35,6 +35,7 @@ class DataConfig(_Section):
     events_dir: str = Field("data/events", description="day-partitioned Parquet (dt=YYYY-MM-DD)")
     valid_dir: str = Field("data/valid", description="validated events, same layout")
     quarantine_dir: str = Field("data/quarantine", description="rejected rows with a reason")
+    runs_dir: str = Field("data/runs", description="batch-job manifests and JSON reports")
     num_actions: int = Field(8, ge=1, le=32767, description="valid actions are 0..num_actions-1")
     max_clock_skew_s: int = Field(
         3600, ge=0, description="timestamps this far past the reference time are still valid"
@@ -117,6 +118,12 @@ class SparkConfig(_Section):
 
     master: str = "local[*]"
     app_name: str = "vista-memory"
+    partitions: int = Field(
+        0, ge=0, description="summarize partitions (0: 2 per core of the default parallelism)"
+    )
+    users_per_flush: int = Field(
+        2048, ge=1, description="users per staged fragment (bounds a worker's output buffer)"
+    )
     conf: dict[str, str] = Field(
         default_factory=lambda: {
             "spark.sql.shuffle.partitions": "8",

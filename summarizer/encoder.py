@@ -74,11 +74,19 @@ def hash_ids(ids: torch.Tensor, buckets: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def previous_times(ts: torch.Tensor, prev_ts: int | None) -> torch.Tensor:
-    """Each event's predecessor time; the first event's is ``prev_ts`` (itself if None)."""
+    """Each event's reference time for its gap: the latest time folded before it.
+
+    ``prev_ts`` is the latest time of the events folded earlier (None: the first
+    event is its own). For time-ordered events this is simply the previous
+    event's time; an event that arrives late (older than one already folded)
+    gets gap 0, so folding day by day in arrival order equals one pass over the
+    same sequence.
+    """
     prev = torch.empty_like(ts)
     if ts.shape[0]:
         prev[0] = ts[0] if prev_ts is None else prev_ts
         prev[1:] = ts[:-1]
+        prev = torch.cummax(prev, 0).values
     return prev
 
 

@@ -260,19 +260,26 @@ class SummaryStore:
             reader = self._reader
         return reader.get(ids)
 
-    def _read_table(self, table: str, user_ids: Any) -> pa.Table:
+    def _read_table(self, table: str, user_ids: Any, version: int | None = None) -> pa.Table:
         ids = validate_user_ids(user_ids)
-        ds = self.location.open(table)
+        ds = self.location.open(table, version)
         return ds.to_table(filter=pc.field(KEY).isin(pa.array(ids, type=pa.int64())))
 
-    def get_states(self, user_ids: Any) -> dict[int, StateRecord]:
-        """Batch side: the latest summarizer states of these users (missing users absent).
+    def get_states(self, user_ids: Any, *, version: int | None = None) -> dict[int, StateRecord]:
+        """Batch side: summarizer states of these users (missing users absent).
 
-        ``record.to_summary_state()`` gives the summarizer's SummaryState.
+        The latest version, or ``version`` (a batch job pins the version it started
+        from, so every worker reads the same states). ``record.to_summary_state()``
+        gives the summarizer's SummaryState.
         """
-        if not self.exists(STATE):
+        if version is None and not self.exists(STATE):
             return {}
-        return {r.user_id: r for r in states_from_table(self._read_table(STATE, user_ids))}
+        rows = self._read_table(STATE, user_ids, version)
+        return {r.user_id: r for r in states_from_table(rows)}
+
+    def latest_version(self, table: str = SUMMARIES) -> int | None:
+        """The table's latest committed version (None: no such table yet)."""
+        return self.location.open(table).version if self.exists(table) else None
 
     def get_memory_banks(self, user_ids: Any) -> dict[int, MemoryBankRecord]:
         """The latest memory-bank rows of these users (missing users absent)."""

@@ -58,6 +58,7 @@ class StateRecord:
     first_ts: int | None
     last_ts: int | None
     updated_at: dt.datetime
+    through_day: dt.date | None = None  # last event-partition day folded in (batch jobs)
 
     @classmethod
     def from_summary_state(
@@ -66,6 +67,7 @@ class StateRecord:
         model_version: str,
         state: SummaryState,
         updated_at: dt.datetime | None = None,
+        through_day: dt.date | None = None,
     ) -> StateRecord:
         kv = state.kv.detach().to("cpu").double().numpy()
         return cls(
@@ -76,6 +78,7 @@ class StateRecord:
             state.first_ts,
             state.last_ts,
             updated_at or utc_now(),
+            through_day,
         )
 
     def to_summary_state(self) -> SummaryState:
@@ -221,6 +224,7 @@ def states_to_batch(
         _ints(records, "first_ts"),
         _ints(records, "last_ts"),
         _timestamps([r.updated_at for r in records], "updated_at"),
+        pa.array([r.through_day for r in records], type=pa.date32()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=state_schema(shape, mv))
 
@@ -238,6 +242,7 @@ def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
             cols["first_ts"][i],
             cols["last_ts"][i],
             cols["updated_at"][i],
+            cols["through_day"][i],
         )
         for i in range(table.num_rows)
     ]

@@ -73,6 +73,8 @@ def state_schema(kv_shape: tuple[int, ...], model_version: str) -> pa.Schema:
             pa.field("first_ts", pa.int64()),
             pa.field("last_ts", pa.int64()),
             pa.field("updated_at", UTC_US, nullable=False),
+            # The last event-partition day folded in (batch jobs: a rerun of that day is a no-op).
+            pa.field("through_day", pa.date32()),
         ],
         metadata=_meta(STATE, model_version, **{META_KV_SHAPE: json.dumps(list(kv_shape))}),
     )

@@ -128,7 +128,11 @@ class VistaSummarizer(nn.Module):
 
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
-        """Absorb new events (time-ordered, all after the state's last event) into a copy of the state."""
+        """Absorb new events into a copy of the state.
+
+        Events come in fold order (time order; a batch job uses arrival day, then
+        time). ``first_ts``/``last_ts`` are the earliest and latest event times seen.
+        """
         out = state.clone()
         n = len(events)
         for start in range(0, n, self.chunk_size):
@@ -137,9 +141,9 @@ class VistaSummarizer(nn.Module):
             phi_k, v = self.keys_values(e)
             out.kv += torch.einsum("nlhf,nlhd->lhfd", phi_k, v).double()
             out.n_events += len(chunk)
-            if out.first_ts is None:
-                out.first_ts = int(chunk.ts[0])
-            out.last_ts = int(chunk.ts[-1])
+            lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
+            out.first_ts = lo if out.first_ts is None else min(out.first_ts, lo)
+            out.last_ts = hi if out.last_ts is None else max(out.last_ts, hi)
         return out
 
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:

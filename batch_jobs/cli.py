@@ -1,0 +1,92 @@
+"""`vista job validate|summarize|publish`: the batch jobs from the command line.
+
+The same parser serves ``spark-submit batch_jobs/submit.py JOB ...`` (then the
+submitter's master and conf win over the ``[spark]`` config section). Each job
+prints its report and writes it as JSON (``--report``, default: the run
+folder), so a DAG task can check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from summarizer.config import VistaConfig
+from summarizer.store_errors import StoreError
+
+
+def _emit(report: dict[str, Any], path: str | None) -> None:
+    text = json.dumps(report, indent=2, sort_keys=True, default=str)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+
+
+def _session(cfg: VistaConfig, args: argparse.Namespace) -> Any:
+    from batch_jobs.spark import build_session
+
+    return build_session(cfg.spark, submitted=getattr(args, "submitted", False))
+
+
+def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from batch_jobs import jobs
+
+    try:
+        if args.job == "validate":
+            spark = _session(cfg, args)
+            report = jobs.run_validate(spark, cfg, args.day)
+            report_path = args.report or str(
+                jobs.default_run_dir(cfg, "validate", args.day) / "validate.json"
+            )
+        elif args.job == "summarize":
+            mode = "full" if args.full else "incremental"
+            spark = _session(cfg, args)
+            report = jobs.run_summarize(
+                spark, cfg, mode=mode, day=args.date, model_dir=args.model, run_dir=args.run_dir
+            )
+            report_path = args.report
+        else:
+            run_dir = args.run_dir or str(jobs.default_run_dir(cfg, args.mode, args.date))
+            report = jobs.run_publish(cfg, run_dir, promote=args.promote)
+            report_path = args.report
+    except (jobs.JobError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _emit(report, report_path)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    job = subparsers.add_parser("job", help="Spark batch jobs: validate, summarize, publish")
+    # Set by batch_jobs/submit.py: keep spark-submit's master and conf.
+    job.add_argument("--submitted", action="store_true", help=argparse.SUPPRESS)
+    sub = job.add_subparsers(dest="job", required=True, metavar="JOB")
+
+    val = sub.add_parser("validate", help="validate one day partition with Spark")
+    val.add_argument("--day", required=True, help="YYYY-MM-DD")
+    val.add_argument("--report", help="JSON report path (default: runs_dir/validate-DAY/)")
+
+    sm = sub.add_parser(
+        "summarize", help="fold events into per-user states and stage summaries (not visible)"
+    )
+    how = sm.add_mutually_exclusive_group(required=True)
+    how.add_argument("--full", action="store_true", help="every valid day (up to --date)")
+    how.add_argument("--incremental", action="store_true", help="only --date, into stored states")
+    sm.add_argument("--date", help="YYYY-MM-DD (incremental: required; full: last day to include)")
+    sm.add_argument("--model", help="model folder (default: model.model_dir)")
+    sm.add_argument("--run-dir", help="where the manifest goes (default: runs_dir/MODE-DAY)")
+    sm.add_argument("--report", help="also write the report here")
+
+    pub = sub.add_parser("publish", help="commit a summarize run: one commit per table")
+    pub.add_argument("--run-dir", help="the summarize run folder")
+    pub.add_argument("--mode", choices=("full", "incremental"), default="incremental")
+    pub.add_argument("--date", help="with --mode: finds runs_dir/MODE-DATE")
+    pub.add_argument("--promote", action="store_true", help="then move the serving tag to it")
+    pub.add_argument("--report", help="also write the report here")
+
+    for p in (val, sm, pub):
+        p.set_defaults(func=_run)

@@ -1,0 +1,226 @@
+"""The worker side of summarize: fold a partition's events into per-user states, stage them.
+
+A partition arrives as Arrow record batches ordered by user, then fold order
+(arrival day ``dt``, then ``ts``, ``item_id``, ``action``), at most
+``spark.sql.execution.arrow.maxRecordsPerBatch`` rows each. A user's events
+can span several batches; the user's state is carried from one batch to the
+next and folded a slice at a time, so no task ever holds more than one batch
+of a user's events (the fold-in-pieces law makes that equal to one pass).
+
+Every ``users_per_flush`` finished users, their tokens are read out in one
+batched call and both tables' rows (``state`` and ``summaries``) are written
+as invisible lance fragments (:meth:`SummaryStore.stage_fragments`). What the
+partition returns is small: the staged fragments' metadata and counters. The
+driver commits them once (the publish job); nothing large is collected.
+
+This module is plain Python (no Spark import), so it is tested directly and
+runs under any engine that can hand it sorted Arrow batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from summarizer.store import STATE, SUMMARIES, StateRecord, SummaryRecord, SummaryStore
+
+FOLD_ORDER = ("user_id", "dt", "ts", "item_id", "action")
+OUTPUT_SCHEMA = pa.schema([pa.field("kind", pa.string()), pa.field("payload", pa.string())])
+
+_models: dict[tuple[str, str], Any] = {}
+_models_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldParams:
+    """What every worker needs; pickled into the Spark closure (small)."""
+
+    model_dir: str
+    model_version: str
+    store_uri: str
+    storage_options: dict[str, str]
+    computed_at: dt.datetime  # the run's logical time: reruns write identical rows
+    through_day: dt.date  # the last event day this run folds in
+    base_state_version: int | None  # incremental: the state version every worker reads
+    incremental: bool
+    users_per_flush: int = 2048
+    torch_threads: int = 1
+    # Failpoint for tests: raise once this many users are staged (a run dying half way).
+    fail_after_users: int | None = None
+
+
+def worker_model(model_dir: str, expected_version: str) -> Any:
+    """The model, loaded once per worker process (Spark reuses Python workers)."""
+    key = (model_dir, expected_version)
+    with _models_lock:
+        if key not in _models:
+            from summarizer import artifacts
+
+            model, version = artifacts.load(model_dir)
+            if version != expected_version:
+                raise RuntimeError(
+                    f"model folder {model_dir} holds version {version[:12]} on this worker, "
+                    f"but the job started with {expected_version[:12]}: the folder changed "
+                    "during the run (or workers see another copy)"
+                )
+            model.require_summarizer()
+            _models[key] = model
+        return _models[key]
+
+
+@dataclasses.dataclass
+class _User:
+    user_id: int
+    state: Any  # SummaryState
+    folded: bool  # False: the base state already holds this run's day (rerun), nothing folded
+
+
+@dataclasses.dataclass
+class PartitionStats:
+    events: int = 0
+    users: int = 0
+    users_skipped: int = 0  # incremental rerun: state already through this day
+    new_users: int = 0
+    max_events_held: int = 0  # the most events of one user in memory at once
+    fragments: int = 0
+
+    def add(self, other: PartitionStats) -> None:
+        for f in dataclasses.fields(self):
+            if f.name == "max_events_held":
+                self.max_events_held = max(self.max_events_held, other.max_events_held)
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class PartitionFolder:
+    """Folds one partition's sorted batches; :meth:`run` yields OUTPUT_SCHEMA batches."""
+
+    def __init__(self, params: FoldParams) -> None:
+        import torch
+
+        torch.set_num_threads(params.torch_threads)  # one thread per Python worker
+        self.p = params
+        self.model = worker_model(params.model_dir, params.model_version)
+        self.summ = self.model.require_summarizer()
+        self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
+        self.stats = PartitionStats()
+        self.done: list[_User] = []
+        self.current: _User | None = None
+        self.base: dict[int, StateRecord] = {}
+        self._staged_users = 0
+
+    # -- base states (incremental) ----------------------------------------------------------
+    def _load_base(self, user_ids: np.ndarray) -> None:
+        if not self.p.incremental or self.p.base_state_version is None:
+            return
+        want = [int(u) for u in np.unique(user_ids) if int(u) not in self.base]
+        if want:
+            self.base.update(self.store.get_states(want, version=self.p.base_state_version))
+
+    def _start(self, user_id: int) -> _User:
+        rec = self.base.pop(user_id, None)
+        if rec is None:
+            self.stats.new_users += 1
+            return _User(user_id, self.summ.empty_state(), True)
+        if rec.model_version != self.p.model_version:
+            raise RuntimeError(
+                f"user {user_id}: stored state was made by model {rec.model_version[:12]}, "
+                f"this run uses {self.p.model_version[:12]}; run `vista job summarize --full` "
+                "under the new model first"
+            )
+        already = rec.through_day is not None and rec.through_day >= self.p.through_day
+        if already:
+            self.stats.users_skipped += 1
+        return _User(user_id, rec.to_summary_state(), not already)
+
+    # -- the fold ----------------------------------------------------------------------------
+    def _fold_batch(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        from summarizer.encoder import EventBatch
+
+        users = batch.column("user_id").to_numpy()
+        self._load_base(users)
+        # Copies: Arrow buffers are read-only and torch wants writable arrays.
+        item = np.array(batch.column("item_id").to_numpy(), dtype=np.int64)
+        ts = np.array(batch.column("ts").to_numpy(), dtype=np.int64)
+        action = np.array(batch.column("action").to_numpy(), dtype=np.int64)
+        weight = np.array(
+            batch.column("weight").cast(pa.float32()).fill_null(float("nan")).to_numpy(),
+            dtype=np.float32,
+        )
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        ends = np.r_[starts[1:], len(users)]
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            uid = int(users[a])
+            if self.current is None or self.current.user_id != uid:
+                yield from self._finish_current()
+                self.current = self._start(uid)
+            self.stats.events += b - a
+            self.stats.max_events_held = max(self.stats.max_events_held, b - a)
+            if self.current.folded:
+                events = EventBatch.from_numpy(item[a:b], ts[a:b], action[a:b], weight[a:b])
+                self.current.state = self.summ.fold(self.current.state, events)
+
+    def _finish_current(self) -> Iterator[pa.RecordBatch]:
+        if self.current is not None:
+            self.done.append(self.current)
+            self.stats.users += 1
+            self.current = None
+        if len(self.done) >= self.p.users_per_flush:
+            yield self._flush()
+
+    def _flush(self) -> pa.RecordBatch:
+        import torch
+
+        users, self.done = self.done, []
+        kv = torch.stack([u.state.kv for u in users])
+        n = torch.tensor([u.state.n_events for u in users])
+        with torch.no_grad():
+            tokens = self.summ.readout_batch(kv, n).to(torch.float16).numpy()
+        mv, at = self.p.model_version, self.p.computed_at
+        states = [
+            StateRecord.from_summary_state(u.user_id, mv, u.state, at, self.p.through_day)
+            for u in users
+        ]
+        summaries = [
+            SummaryRecord(
+                u.user_id, mv, tokens[i], u.state.n_events, u.state.first_ts, u.state.last_ts, at
+            )
+            for i, u in enumerate(users)
+        ]
+        staged = [
+            self.store.stage_fragments(STATE, states),
+            self.store.stage_fragments(SUMMARIES, summaries),
+        ]
+        self.stats.fragments += sum(len(s.fragments) for s in staged)
+        self._staged_users += len(users)
+        if self.p.fail_after_users is not None and self._staged_users >= self.p.fail_after_users:
+            raise RuntimeError(f"injected failure after staging {self._staged_users} users")
+        return pa.RecordBatch.from_pylist(
+            [{"kind": s.table, "payload": s.to_json()} for s in staged], schema=OUTPUT_SCHEMA
+        )
+
+    def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows:
+                yield from self._fold_batch(batch)
+        yield from self._finish_current()
+        if self.done:
+            yield self._flush()
+        stats = json.dumps(dataclasses.asdict(self.stats))
+        yield pa.RecordBatch.from_pylist(
+            [{"kind": "stats", "payload": stats}], schema=OUTPUT_SCHEMA
+        )
+
+
+def fold_partition(
+    batches: Iterable[pa.RecordBatch], params: FoldParams
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow entry point: one partition's sorted events -> staged fragments + stats."""
+    yield from PartitionFolder(params).run(batches)
