@@ -10,6 +10,11 @@ STAMP := $(VENV)/.installed-$(FAISS_EXTRA)
 DEMO_DIR ?= .demo
 # pip on this image prints a line per package about local mirrors it skips; hide only those.
 PIP_FILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+# Spark and lance start-up chatter (JVM warnings, log4j notices); errors still show.
+SPARK_FILTER := { grep -v -E "^(WARNING: Using incubator|Using Spark's default log4j|Setting default log level|To adjust logging level|[0-9/]+ [0-9:]+ WARN |  warnings.warn|.*UserWarning: lance is not fork-safe)" || true; }
+
+# Airflow for the demo: a project-local home with SQLite, this repo's dags/, no examples.
+AIRFLOW_ENV = AIRFLOW_HOME=$(abspath $(DEMO_DIR))/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) PATH=$(abspath $(BIN)):$$PATH
 
 .PHONY: setup demo test lint clean
 
@@ -25,14 +30,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	@echo "== 1. generate a synthetic lifelong dataset (power-law lengths, bad rows injected)"
-	cd $(DEMO_DIR) && ../$(BIN)/vista data synth --users 1000 --max-events 100000 --quiet
-	@echo "== 2. validate it: bad rows go to quarantine with a reason, nothing is lost"
-	cd $(DEMO_DIR) && ../$(BIN)/vista data validate --quiet
+	cd $(DEMO_DIR) && VISTA_SYNTH__END_DATE=$$(date -u -d yesterday +%F) ../$(BIN)/vista data synth --users 1000 --max-events 100000 --quiet
+	@echo "== 2. validate every day with Spark (local[*]): bad rows go to quarantine with a reason, nothing is lost"
+	cd $(DEMO_DIR) && ../$(BIN)/vista job validate --all 2>&1 | $(SPARK_FILTER)
 	@echo "== 3. train VISTA end to end (1 short epoch on the demo data; see vista evaluate for the full comparison)"
 	cd $(DEMO_DIR) && VISTA_TRAIN__TARGETS_PER_USER=8 VISTA_TRAIN__EVAL_TARGETS_PER_USER=8 ../$(BIN)/vista train --epochs 1 --quiet
-	@echo "== 4. summarize the longest user's whole history in-process (K x d tokens, whatever n is)"
-	cd $(DEMO_DIR) && ../$(BIN)/vista summarize 0
-	@echo "== demo finished; outputs under $(DEMO_DIR)/data and $(DEMO_DIR)/artifacts"
+	@echo "== 4. summarize every user with Spark up to the day before yesterday: workers fold histories and stage rows, nothing visible yet"
+	cd $(DEMO_DIR) && ../$(BIN)/vista job summarize --full --date $$(date -u -d '2 days ago' +%F) 2>&1 | $(SPARK_FILTER)
+	@echo "== 5. publish: one commit per table, then move the serving tag"
+	cd $(DEMO_DIR) && ../$(BIN)/vista job publish --promote 2>&1 | $(SPARK_FILTER)
+	@echo "== 6. the nightly Airflow DAG for yesterday (airflow dags test; SQLite in $(DEMO_DIR)/airflow_home):"
+	@echo "      wait for events -> validate -> incremental summarize -> publish -> check -> promote -> compact"
+	cd $(DEMO_DIR) && $(AIRFLOW_ENV) ../$(BIN)/airflow db migrate > airflow_migrate.log 2>&1 || { tail -30 airflow_migrate.log; exit 1; }
+	cd $(DEMO_DIR) && $(AIRFLOW_ENV) ../$(BIN)/airflow dags test vista_nightly $$(date -u -d yesterday +%F) > airflow_nightly.log 2>&1 || { tail -60 airflow_nightly.log; exit 1; }
+	@grep -o "DagRun Finished: dag_id=vista_nightly, logical_date=[^,]*" $(DEMO_DIR)/airflow_nightly.log; grep -o "state=success, run_type" $(DEMO_DIR)/airflow_nightly.log | head -1
+	@echo "== 7. read the longest user's summary back from the store by id (now through yesterday)"
+	cd $(DEMO_DIR) && ../$(BIN)/vista summary get 0
+	cd $(DEMO_DIR) && ../$(BIN)/vista store info
+	@echo "== demo finished; outputs under $(DEMO_DIR)/data, $(DEMO_DIR)/artifacts and $(DEMO_DIR)/airflow_nightly.log"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -19,11 +19,16 @@ from summarizer.store_errors import StoreError
 
 
 def _emit(report: dict[str, Any], path: str | None) -> None:
+    """Print the report (per-day rows folded when there are many) and write it whole."""
     text = json.dumps(report, indent=2, sort_keys=True, default=str)
-    print(text)
+    shown = dict(report)
+    if isinstance(shown.get("days"), list) and len(shown["days"]) > 5:
+        shown["days"] = f"{len(report['days'])} days (per-day counts in the JSON report)"
+    print(json.dumps(shown, indent=2, sort_keys=True, default=str))
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
+        print(f"report: {path}")
 
 
 def _session(cfg: VistaConfig, args: argparse.Namespace) -> Any:
@@ -38,9 +43,10 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
     try:
         if args.job == "validate":
             spark = _session(cfg, args)
-            report = jobs.run_validate(spark, cfg, args.day)
+            report = jobs.run_validate(spark, cfg, None if args.all else args.day)
+            name = "all" if args.all else max(args.day)
             report_path = args.report or str(
-                jobs.default_run_dir(cfg, "validate", args.day) / "validate.json"
+                jobs.default_run_dir(cfg, "validate", name) / "validate.json"
             )
         elif args.job == "summarize":
             mode = "full" if args.full else "incremental"
@@ -50,7 +56,12 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
             )
             report_path = args.report
         else:
-            run_dir = args.run_dir or str(jobs.default_run_dir(cfg, args.mode, args.date))
+            if args.run_dir:
+                run_dir = args.run_dir
+            elif args.date:
+                run_dir = str(jobs.default_run_dir(cfg, args.mode, args.date))
+            else:
+                run_dir = str(jobs.latest_run_dir(cfg))
             report = jobs.run_publish(cfg, run_dir, promote=args.promote)
             report_path = args.report
     except (jobs.JobError, StoreError) as exc:
@@ -66,8 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     job.add_argument("--submitted", action="store_true", help=argparse.SUPPRESS)
     sub = job.add_subparsers(dest="job", required=True, metavar="JOB")
 
-    val = sub.add_parser("validate", help="validate one day partition with Spark")
-    val.add_argument("--day", required=True, help="YYYY-MM-DD")
+    val = sub.add_parser("validate", help="validate day partitions with Spark (one job)")
+    which = val.add_mutually_exclusive_group(required=True)
+    which.add_argument("--day", action="append", help="YYYY-MM-DD (repeatable)")
+    which.add_argument("--all", action="store_true", help="every day under data.events_dir")
     val.add_argument("--report", help="JSON report path (default: runs_dir/validate-DAY/)")
 
     sm = sub.add_parser(
@@ -82,7 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sm.add_argument("--report", help="also write the report here")
 
     pub = sub.add_parser("publish", help="commit a summarize run: one commit per table")
-    pub.add_argument("--run-dir", help="the summarize run folder")
+    pub.add_argument(
+        "--run-dir", help="the summarize run folder (default: the newest under data.runs_dir)"
+    )
     pub.add_argument("--mode", choices=("full", "incremental"), default="incremental")
     pub.add_argument("--date", help="with --mode: finds runs_dir/MODE-DATE")
     pub.add_argument("--promote", action="store_true", help="then move the serving tag to it")

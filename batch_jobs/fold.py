@@ -142,7 +142,6 @@ class PartitionFolder:
 
     # -- the fold ----------------------------------------------------------------------------
     def _fold_batch(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        from summarizer.encoder import EventBatch
 
         users = batch.column("user_id").to_numpy()
         self._load_base(users)
@@ -156,24 +155,44 @@ class PartitionFolder:
         )
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
         ends = np.r_[starts[1:], len(users)]
+        todo: list[tuple[_User, int, int]] = []  # segments to fold, in batch order
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
             uid = int(users[a])
             if self.current is None or self.current.user_id != uid:
-                yield from self._finish_current()
+                self._finish_current()
                 self.current = self._start(uid)
             self.stats.events += b - a
             self.stats.max_events_held = max(self.stats.max_events_held, b - a)
             if self.current.folded:
-                events = EventBatch.from_numpy(item[a:b], ts[a:b], action[a:b], weight[a:b])
-                self.current.state = self.summ.fold(self.current.state, events)
+                todo.append((self.current, a, b))
+        if todo:
+            self._fold(todo, item, ts, action, weight)
+        if len(self.done) >= self.p.users_per_flush:
+            yield self._flush()
 
-    def _finish_current(self) -> Iterator[pa.RecordBatch]:
+    def _fold(
+        self,
+        todo: list[tuple[_User, int, int]],
+        item: np.ndarray,
+        ts: np.ndarray,
+        action: np.ndarray,
+        weight: np.ndarray,
+    ) -> None:
+        from summarizer.encoder import EventBatch
+
+        # One encoder pass for every user of the batch (many users have few events).
+        rows = np.concatenate([np.arange(a, b) for _, a, b in todo])
+        events = EventBatch.from_numpy(item[rows], ts[rows], action[rows], weight[rows])
+        offsets = np.r_[0, np.cumsum([b - a for _, a, b in todo])].tolist()
+        folded = self.summ.fold_segments([u.state for u, _, _ in todo], events, offsets)
+        for (user, _, _), state in zip(todo, folded, strict=True):
+            user.state = state
+
+    def _finish_current(self) -> None:
         if self.current is not None:
             self.done.append(self.current)
             self.stats.users += 1
             self.current = None
-        if len(self.done) >= self.p.users_per_flush:
-            yield self._flush()
 
     def _flush(self) -> pa.RecordBatch:
         import torch
@@ -210,7 +229,7 @@ class PartitionFolder:
         for batch in batches:
             if batch.num_rows:
                 yield from self._fold_batch(batch)
-        yield from self._finish_current()
+        self._finish_current()
         if self.done:
             yield self._flush()
         stats = json.dumps(dataclasses.asdict(self.stats))

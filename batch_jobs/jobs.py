@@ -39,13 +39,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from batch_jobs import ledger
 from batch_jobs.fold import FOLD_ORDER, OUTPUT_SCHEMA, FoldParams, PartitionStats, fold_partition
 from batch_jobs.validate import OUTPUT_SCHEMA as VALIDATE_SCHEMA
 from batch_jobs.validate import SORT_KEY, validate_partition
 from summarizer.config import VistaConfig
-from summarizer.events import EVENT_SCHEMA, PARTITION_KEY, day_bounds, day_path, list_days
+from summarizer.events import (
+    EVENT_SCHEMA,
+    PARTITION_KEY,
+    day_bounds,
+    day_path,
+    list_days,
+    write_day,
+)
 from summarizer.store import STATE, SUMMARIES, StagedFragments, SummaryStore
 from summarizer.store_schema import model_version_of
 from summarizer.validation import REASONS, check_schema, reference_time
@@ -90,16 +98,35 @@ def _replace_dir(staging: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_day(df: DataFrame, root: str, day: str) -> None:
-    """Write a DataFrame as ``root/dt=day``, replacing what was there."""
+def _write_days(df: DataFrame, root: str, days: list[str], present: set[str]) -> None:
+    """Write a DataFrame partitioned by ``dt`` under ``root``, replacing those days.
+
+    Local folders: written to a staging folder first, then each day's folder is
+    swapped in (a failed job leaves the old days). Object storage: Spark's
+    dynamic partition overwrite. Days in ``days`` but not ``present`` (nothing
+    to write, e.g. no quarantined rows) lose an earlier run's folder.
+    """
     if not _is_local(root):
-        df.write.mode("overwrite").parquet(str(day_path(root, day)))
+        (
+            df.write.mode("overwrite")
+            .option("partitionOverwriteMode", "dynamic")
+            .partitionBy(PARTITION_KEY)
+            .parquet(root)
+        )
         return
-    final = day_path(root, day)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex}")
-    df.write.mode("overwrite").parquet(str(staging))
-    _replace_dir(staging, final)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(root) / f".staging-{uuid.uuid4().hex}"
+    try:
+        if present:
+            df.write.mode("overwrite").partitionBy(PARTITION_KEY).parquet(str(staging))
+        for day in days:
+            final = day_path(root, day)
+            if day in present:
+                _replace_dir(day_path(staging, day), final)
+            else:
+                shutil.rmtree(final, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _day_rows(root: str, day: str) -> int:
@@ -110,34 +137,50 @@ def _day_rows(root: str, day: str) -> int:
 
 
 # -- validate -----------------------------------------------------------------------------------
-def run_validate(spark: SparkSession, cfg: VistaConfig, day: str) -> dict[str, Any]:
-    """Validate one day partition with Spark; valid + quarantined == rows read."""
+def run_validate(
+    spark: SparkSession, cfg: VistaConfig, days: list[str] | None = None
+) -> dict[str, Any]:
+    """Validate day partitions (default: all) in one Spark job; valid + quarantined == read.
+
+    Each day is validated against its own reference time, exactly as
+    ``vista data validate`` does in-process.
+    """
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
-    _check_day(day)
-    src = day_path(cfg.data.events_dir, day)
-    if not src.exists():
-        raise FileNotFoundError(f"no events partition {src}")
-    try:
-        schema = pads.dataset(str(src), format="parquet").schema
-        check_schema(schema)
-    except ValueError as exc:
-        raise JobError(f"{src}: {exc}") from exc
-    df = spark.read.parquet(str(src))
-    for name in ("user_id", "ts", "item_id", "action"):
-        df = df.withColumn(name, F.col(name).cast("long"))
+    days = sorted(_check_day(d) for d in days) if days else list_days(cfg.data.events_dir)
+    if not days:
+        raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {cfg.data.events_dir}")
+    for day in days:
+        src = day_path(cfg.data.events_dir, day)
+        if not src.exists():
+            raise FileNotFoundError(f"no events partition {src}")
+        for file in sorted(src.glob("*.parquet")):
+            try:
+                check_schema(pq.read_schema(file))
+            except ValueError as exc:
+                raise JobError(f"{file}: {exc}") from exc
+    paths = [str(day_path(cfg.data.events_dir, d)) for d in days]
+    df = (
+        spark.read.option("basePath", cfg.data.events_dir)
+        .option("mergeSchema", "true")
+        .parquet(*paths)
+    )
     if "weight" not in df.columns:
         df = df.withColumn("weight", F.lit(None).cast("float"))
-    df = df.withColumn("weight", F.col("weight").cast("float")).select(*SORT_KEY)
+    df = df.select(
+        *[F.col(c).cast("long") for c in ("user_id", "ts", "item_id", "action")],
+        F.col("weight").cast("float"),
+        F.col(PARTITION_KEY).cast("string"),
+    )
     parts = max(1, spark.sparkContext.defaultParallelism)
     checked = (
         df.repartition(parts, "user_id")
-        .sortWithinPartitions(*SORT_KEY)
+        .sortWithinPartitions(PARTITION_KEY, *SORT_KEY)
         .mapInArrow(
             functools.partial(
                 validate_partition,
-                reference_ts=reference_time(day),
+                references={d: reference_time(d) for d in days},
                 num_actions=cfg.data.num_actions,
                 max_clock_skew_s=cfg.data.max_clock_skew_s,
             ),
@@ -146,32 +189,47 @@ def run_validate(spark: SparkSession, cfg: VistaConfig, day: str) -> dict[str, A
         .persist()
     )
     try:
-        counts = {
-            r["reason"]: int(r["count"])
-            for r in checked.groupBy("reason").count().collect()
-            if r["reason"] is not None
-        }
-        total = checked.count()
+        per_day: dict[str, dict[str, int]] = {d: {} for d in days}
+        for r in checked.groupBy(PARTITION_KEY, "reason").count().collect():
+            per_day[r[PARTITION_KEY]][r["reason"] or ""] = int(r["count"])
         valid = checked.where(F.col("reason").isNull()).select(
-            *[F.col(f.name).cast(_spark_type(f.type)) for f in EVENT_SCHEMA]
+            *[F.col(f.name).cast(_spark_type(f.type)) for f in EVENT_SCHEMA], PARTITION_KEY
         )
         quarantine = checked.where(F.col("reason").isNotNull())
-        _write_day(valid, cfg.data.valid_dir, day)
-        if counts:
-            _write_day(quarantine, cfg.data.quarantine_dir, day)
-        else:  # a rerun must not leave an earlier run's quarantine behind
-            shutil.rmtree(day_path(cfg.data.quarantine_dir, day), ignore_errors=True)
+        with_rows = {d for d, c in per_day.items() if c.get("", 0)}
+        with_bad = {d for d, c in per_day.items() if set(c) - {""}}
+        _write_days(valid, cfg.data.valid_dir, days, with_rows)
+        for d in set(days) - with_rows:  # validated, nothing valid: an empty partition
+            write_day(EVENT_SCHEMA.empty_table(), cfg.data.valid_dir, d)
+        _write_days(quarantine, cfg.data.quarantine_dir, days, with_bad)
     finally:
         checked.unpersist()
-    n_quarantined = sum(counts.values())
+    day_reports = []
+    for d in days:
+        counts = {r: n for r, n in per_day[d].items() if r}
+        read = sum(per_day[d].values())
+        day_reports.append(
+            {
+                "day": d,
+                "rows_read": read,
+                "rows_valid": per_day[d].get("", 0),
+                "quarantined_by_reason": {r: counts[r] for r in REASONS if r in counts},
+            }
+        )
+    total = sum(r["rows_read"] for r in day_reports)
+    totals: dict[str, int] = {}
+    for r in day_reports:
+        for reason, n in r["quarantined_by_reason"].items():
+            totals[reason] = totals.get(reason, 0) + n
+    n_bad = sum(totals.values())
     return {
         "job": "validate",
-        "day": day,
-        "rows_read": int(total),
-        "rows_valid": int(total) - n_quarantined,
-        "rows_quarantined": n_quarantined,
-        "quarantined_share": n_quarantined / total if total else 0.0,
-        "quarantined_by_reason": {r: counts[r] for r in REASONS if r in counts},
+        "days": day_reports,
+        "rows_read": total,
+        "rows_valid": total - n_bad,
+        "rows_quarantined": n_bad,
+        "quarantined_share": n_bad / total if total else 0.0,
+        "quarantined_by_reason": {r: totals[r] for r in REASONS if r in totals},
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -191,6 +249,16 @@ def _ddl(schema: Any) -> str:
 # -- summarize ----------------------------------------------------------------------------------
 def default_run_dir(cfg: VistaConfig, mode: str, day: str) -> Path:
     return Path(cfg.data.runs_dir) / f"{mode}-{day}"
+
+
+def latest_run_dir(cfg: VistaConfig) -> Path:
+    """The most recently staged summarize run under ``data.runs_dir``."""
+    manifests = sorted(
+        Path(cfg.data.runs_dir).glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime
+    )
+    if not manifests:
+        raise FileNotFoundError(f"no summarize run under {cfg.data.runs_dir}; run one first")
+    return manifests[-1].parent
 
 
 def _read_valid(spark: SparkSession, root: str, days: list[str]) -> DataFrame:

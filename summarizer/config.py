@@ -143,6 +143,27 @@ class SparkConfig(_Section):
         return value
 
 
+class PipelineConfig(_Section):
+    """Checks and gates of the Airflow DAGs (dags/)."""
+
+    max_quarantine_share: float = Field(
+        0.01, ge=0, le=1, description="validate fails the run above this share of bad rows"
+    )
+    min_coverage: float = Field(
+        1.0, ge=0, le=1, description="share of the day's active users that must have a summary"
+    )
+    max_norm_drift: float = Field(
+        0.5, ge=0, description="largest relative change of the mean token norm vs serving"
+    )
+    retrain_margin: float = Field(
+        0.002, ge=0, description="a retrained model may be this much AUC below serving"
+    )
+    cleanup_older_than_hours: float = Field(
+        24.0, ge=0, description="compaction removes untagged versions older than this"
+    )
+    candidates_dir: str = Field("artifacts/candidates", description="retrained models")
+
+
 class VistaConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -150,6 +171,7 @@ class VistaConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     store: StoreConfig = Field(default_factory=StoreConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 class ConfigError(ValueError):

@@ -146,6 +146,50 @@ class VistaSummarizer(nn.Module):
             out.last_ts = hi if out.last_ts is None else max(out.last_ts, hi)
         return out
 
+    @torch.no_grad()
+    def fold_segments(
+        self, states: list[SummaryState], events: EventBatch, offsets: list[int]
+    ) -> list[SummaryState]:
+        """Fold consecutive segments of ``events`` into their states, one state each.
+
+        ``events[offsets[i]:offsets[i+1]]`` belong to ``states[i]``. Equals calling
+        :meth:`fold` per segment, but encodes all events in one pass (a batch job
+        folding many short histories pays the per-call overhead once).
+        """
+        if len(offsets) != len(states) + 1 or offsets[0] != 0 or offsets[-1] != len(events):
+            raise ValueError(
+                f"{len(states)} states need {len(states) + 1} offsets from 0 to {len(events)}"
+            )
+        out = [st.clone() for st in states]
+        first = 0
+        for lo in range(0, len(events), self.chunk_size):  # the memory bound of fold()
+            hi = min(lo + self.chunk_size, len(events))
+            while offsets[first + 1] <= lo:
+                first += 1
+            parts = []  # (state index, start, stop) of the segments inside [lo, hi)
+            i = first
+            while i < len(out) and offsets[i] < hi:
+                a, b = max(offsets[i], lo), min(offsets[i + 1], hi)
+                if b > a:
+                    parts.append((i, a, b))
+                i += 1
+            piece = events.slice(lo, hi)
+            prev = torch.empty_like(piece.ts)
+            for i, a, b in parts:
+                prev[a - lo : b - lo] = previous_times(events.ts[a:b], out[i].last_ts)
+            phi_k, v = self.keys_values(self.encoder(piece, prev))
+            for i, a, b in parts:
+                st = out[i]
+                st.kv += torch.einsum(
+                    "nlhf,nlhd->lhfd", phi_k[a - lo : b - lo], v[a - lo : b - lo]
+                ).double()
+                st.n_events += b - a
+                ts = events.ts[a:b]
+                t0, t1 = int(ts.min()), int(ts.max())
+                st.first_ts = t0 if st.first_ts is None else min(st.first_ts, t0)
+                st.last_ts = t1 if st.last_ts is None else max(st.last_ts, t1)
+        return out
+
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
         """States (B, L, H, F, D) and counts (B,) -> tokens (B, K, d). Differentiable."""
         B = kv.shape[0]

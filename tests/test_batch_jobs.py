@@ -96,8 +96,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any
     write_day(late, cfg.data.events_dir, days[-1], name="late-0")
     torch.manual_seed(0)
     artifacts.save(VistaModel(ModelSpec(**MODEL)), cfg.model.model_dir)
-    reports = {d: jobs.run_validate(spark, cfg, d) for d in days}
-    return {"root": root, "cfg": cfg, "days": days, "validate": reports}
+    report = jobs.run_validate(spark, cfg)
+    reports = {r["day"]: r for r in report["days"]}
+    assert list(reports) == days
+    return {"root": root, "cfg": cfg, "days": days, "validate": reports, "total": report}
 
 
 def _state_table(store: SummaryStore) -> pa.Table:
@@ -132,7 +134,8 @@ def test_validate_equals_in_process_and_loses_nothing(world: dict[str, Any]) -> 
             raw, reference_time(day), cfg.data.num_actions, cfg.data.max_clock_skew_s
         )
         assert report["rows_read"] == raw.num_rows
-        assert report["rows_valid"] + report["rows_quarantined"] == raw.num_rows
+        n_bad = sum(report["quarantined_by_reason"].values())
+        assert report["rows_valid"] + n_bad == raw.num_rows
         assert report["quarantined_by_reason"] == {r: c for r, c in expected.counts.items() if c}, (
             day
         )
@@ -145,16 +148,19 @@ def test_validate_equals_in_process_and_loses_nothing(world: dict[str, Any]) -> 
             .equals(expected.valid.select(keys).sort_by([(k, "ascending") for k in keys]))
         )
         assert got.schema.field("action").type == pa.int16()
-        injected += report["rows_quarantined"]
-    assert injected > 0  # the generator's bad rows really were there
+        injected += n_bad
+        quarantined = Path(cfg.data.quarantine_dir) / f"dt={day}"
+        assert quarantined.exists() == (n_bad > 0)
+    assert injected == world["total"]["rows_quarantined"] > 0  # the bad rows really were there
 
 
 def test_validate_rerun_gives_the_same_output(spark: Any, world: dict[str, Any]) -> None:
     cfg, day = world["cfg"], world["days"][-1]
     before = dataset(cfg.data.valid_dir).to_table(filter=pc.field("dt") == day).sort_by("ts")
-    again = jobs.run_validate(spark, cfg, day)
+    again = jobs.run_validate(spark, cfg, [day])
     after = dataset(cfg.data.valid_dir).to_table(filter=pc.field("dt") == day).sort_by("ts")
     assert again["quarantined_by_reason"] == world["validate"][day]["quarantined_by_reason"]
+    assert list_days(cfg.data.valid_dir) == world["days"]  # other days untouched
     assert before.num_rows == after.num_rows
     assert before.column("user_id").equals(after.column("user_id"))
 
@@ -164,7 +170,7 @@ def test_validate_refuses_a_schema_mismatch(spark: Any, tmp_path: Path) -> None:
     bad = pa.table({"user_id": [1], "ts": [1], "item_id": ["x"], "action": [1]})
     write_day(bad, cfg.data.events_dir, "2026-11-01")
     with pytest.raises(jobs.JobError, match="item_id"):
-        jobs.run_validate(spark, cfg, "2026-11-01")
+        jobs.run_validate(spark, cfg, ["2026-11-01"])
 
 
 # -- summarize ----------------------------------------------------------------------------------

@@ -68,6 +68,52 @@ def test_fold_in_pieces_equals_whole(
     assert torch.allclose(state.kv, whole_state.kv, rtol=1e-5, atol=1e-6)
 
 
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.integers(0, 20), min_size=1, max_size=6), started=st.booleans())
+def test_fold_segments_equals_fold_per_user(
+    model: VistaModel, lengths: list[int], started: bool
+) -> None:
+    """Many users' events in one batch (crossing chunk boundaries) fold like one user at a time."""
+    summ = model.summarizer
+    assert summ is not None
+    events = [random_events(n, seed=10 + i) for i, n in enumerate(lengths)]
+    states = [
+        summ.fold(summ.empty_state(), random_events(3, seed=99)) if started else summ.empty_state()
+        for _ in lengths
+    ]
+    joined = EventBatch(
+        *(torch.cat([getattr(e, f) for e in events]) for f in EventBatch.__dataclass_fields__)
+    )
+    offsets = np.r_[0, np.cumsum(lengths)].tolist()
+    got = summ.fold_segments(states, joined, offsets)
+    for state, ev, out in zip(states, events, got, strict=True):
+        want = summ.fold(state, ev)
+        assert (out.n_events, out.first_ts, out.last_ts) == (
+            want.n_events,
+            want.first_ts,
+            want.last_ts,
+        )
+        assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="offsets"):
+        summ.fold_segments(states, joined, offsets[:-1])
+
+
+def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:
+    summ = model.summarizer
+    assert summ is not None
+    early = random_events(5, seed=1)
+    state = summ.fold(summ.empty_state(), early)
+    late = EventBatch.from_numpy(
+        np.array([7]), np.array([int(early.ts[0]) - 100]), np.array([1]), None
+    )
+    after = summ.fold(state, late)
+    assert after.last_ts == state.last_ts and after.first_ts == int(early.ts[0]) - 100
+    # Its gap is measured against the latest time folded before it: 0, not negative.
+    from summarizer.encoder import previous_times
+
+    assert int(previous_times(late.ts, state.last_ts)[0]) == state.last_ts
+
+
 def test_fold_does_not_mutate_its_input(model: VistaModel) -> None:
     summ = model.summarizer
     assert summ is not None
