@@ -47,6 +47,9 @@ demo: $(STAMP)
 	@echo "== 7. read the longest user's summary back from the store by id (now through yesterday)"
 	cd $(DEMO_DIR) && ../$(BIN)/vista summary get 0
 	cd $(DEMO_DIR) && ../$(BIN)/vista store info
+	@echo "== 8. score candidates for that user from Python's OnlineScorer (one amortized pass; a user with no summary takes the cold-start path)"
+	cd $(DEMO_DIR) && ../$(BIN)/vista score 0 1 2 3 42 4242 777
+	cd $(DEMO_DIR) && ../$(BIN)/vista score 99999999 1 2 3
 	@echo "== demo finished; outputs under $(DEMO_DIR)/data, $(DEMO_DIR)/artifacts and $(DEMO_DIR)/airflow_nightly.log"
 
 test: $(STAMP)

@@ -163,6 +163,27 @@ def promote(cfg: VistaConfig, version: int | None = None) -> int:
     return SummaryStore.from_config(cfg.store).promote(version)
 
 
+def promote_day(cfg: VistaConfig, day: str, version: int) -> dict[str, Any]:
+    """Serve ``version`` unless the serving version already holds ``day``'s publish.
+
+    A rerun of a day that is already served leaves the tag where it is (the
+    run changes nothing); a day published but never served (its check failed,
+    then passed on a retry) is served now.
+    """
+    from batch_jobs import ledger
+
+    store = SummaryStore.from_config(cfg.store)
+    serving = store.serving_version()
+    covering = [
+        e.summaries_version
+        for e in ledger.entries(store.location)
+        if e.day >= day and e.summaries_version is not None
+    ]
+    if serving is not None and covering and serving >= min(covering):
+        return {"serving_version": serving, "moved": False}
+    return {"serving_version": store.promote(version), "moved": True}
+
+
 def compact(cfg: VistaConfig) -> list[dict[str, Any]]:
     """Compact every table and remove untagged versions older than the configured age."""
     store = SummaryStore.from_config(cfg.store)

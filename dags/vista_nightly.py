@@ -15,8 +15,10 @@ file) and ``VISTA_*`` variables on the workers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, dag, task
@@ -37,6 +39,19 @@ def log_failure(context: dict[str, Any]) -> None:
         context.get("ds", "?"),
         err,
     )
+
+
+@contextlib.contextmanager
+def _no_retry_on_check() -> Iterator[None]:
+    """A failed data check fails the task at once: retrying cannot fix the data."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from batch_jobs.pipeline import CheckFailed
+
+    try:
+        yield
+    except CheckFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _day(context: dict[str, Any]) -> str:
@@ -79,7 +94,8 @@ def vista_nightly() -> None:
     def validate(day: str) -> dict[str, Any]:
         from batch_jobs import pipeline
 
-        return pipeline.validate(pipeline.config(), day)
+        with _no_retry_on_check():
+            return pipeline.validate(pipeline.config(), day)
 
     @task
     def summarize(day: str, validated: dict[str, Any]) -> dict[str, Any]:
@@ -99,26 +115,27 @@ def vista_nightly() -> None:
         from batch_jobs import pipeline
 
         log.info("publish: %s", published.get("status"))
-        return pipeline.check_summaries(pipeline.config(), day)
+        with _no_retry_on_check():
+            return pipeline.check_summaries(pipeline.config(), day)
 
     @task
-    def promote(checked: dict[str, Any]) -> int:
+    def promote(day: str, checked: dict[str, Any]) -> dict[str, Any]:
         from batch_jobs import pipeline
 
-        return pipeline.promote(pipeline.config(), checked["version"])
+        return pipeline.promote_day(pipeline.config(), day, checked["version"])
 
     @task
-    def compact(serving: int) -> list[dict[str, Any]]:
+    def compact(served: dict[str, Any]) -> list[dict[str, Any]]:
         from batch_jobs import pipeline
 
-        log.info("serving version %s", serving)
+        log.info("serving version %s (moved: %s)", served["serving_version"], served["moved"])
         return pipeline.compact(pipeline.config())
 
     day = wait_for_events()
     validated = validate(day)
     staged = summarize(day, validated)
     published = publish(staged)
-    compact(promote(check(day, published)))
+    compact(promote(day, check(day, published)))
 
 
 vista_nightly()

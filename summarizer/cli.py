@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     from batch_jobs.cli import register as register_jobs
 
     register_jobs(sub)
+    from online_scorer.cli import register as register_score
+
+    register_score(sub)
     return parser
 
 

@@ -288,6 +288,11 @@ class SummaryReader:
     def version(self) -> int:
         return self._snap.version
 
+    def current_version(self) -> int:
+        """The pinned version after re-checking the tag if the refresh interval has passed
+        (what a read now would use; callers that cache reads key them by it)."""
+        return self._current().version
+
     @property
     def pinned_tag(self) -> str | None:
         return self._snap.tag

@@ -204,7 +204,8 @@ def test_full_summarize_equals_the_in_process_summarizer(spark: Any, world: dict
     tokens = tokens.reshape(-1, K, d).astype(np.float32)
     for i, uid in enumerate(summaries.column("user_id").to_pylist()):
         state, expect = _in_process(cfg, uid)
-        np.testing.assert_allclose(states[uid].kv, state.kv.numpy(), rtol=0, atol=1e-5)
+        want = state.kv.numpy()  # fp32 per-chunk sums, cut elsewhere: rounding-level differences
+        np.testing.assert_allclose(states[uid].kv, want, rtol=0, atol=1e-6 * np.abs(want).max())
         assert states[uid].n_events == state.n_events == summaries.column("n_events")[i].as_py()
         assert summaries.column("last_ts")[i].as_py() == state.last_ts
         # float16 storage: ~1e-3 relative

@@ -1,0 +1,379 @@
+"""OnlineScorer: a user's summary tokens from the store, m candidates scored in one pass.
+
+    scorer = OnlineScorer.open("data/store", "artifacts/model")
+    summary = scorer.get_summary(42)               # tokens, status, versions, n_events, ...
+    result = scorer.score(42, [7, 8, 9])           # result.scores: np.ndarray, one per item
+    results = scorer.score_batch([(42, [7, 8]), (43, [9])])   # one jagged launch
+
+The store is read through a reader pinned to the ``serving`` tag and re-pinned
+every ``refresh_interval_s``; each request reads one version (the version
+it was scored against is in the result). The model part is the ranker of
+:mod:`summarizer.ranker`: candidates cross-attend to the K summary tokens
+through :func:`kernels.attention` (Triton on CUDA, PyTorch on the CPU),
+candidates never attend to each other, so scoring m candidates together
+equals scoring each alone.
+
+* A user without a summary is scored by the model's no-history path
+  (``status == NOT_FOUND``, ``cold_start`` True); a stale summary is scored and
+  flagged (``status == STALE``).
+* Tokens made by a model version this scorer does not hold are refused
+  (:class:`ModelVersionError`), never mixed: load that model too
+  (``add_model``) or wait for the serving tag to move.
+* Thread-safe: any number of threads may call ``score`` concurrently.
+* Inputs are checked first; every problem raises :class:`InvalidRequestError`
+  (a ``ValueError``) naming it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from summarizer import artifacts
+from summarizer.config import VistaConfig
+from summarizer.model import VistaModel
+from summarizer.ranker import context_features
+from summarizer.store import SummaryReader, SummaryResult, SummaryStatus, SummaryStore
+from summarizer.store_errors import InvalidUserIdError
+from summarizer.store_read import validate_user_ids
+
+DEFAULT_MAX_CANDIDATES = 4096
+
+
+class InvalidRequestError(ValueError):
+    """A scoring request is malformed; the message names the problem."""
+
+
+class ModelVersionError(RuntimeError):
+    """Stored tokens were made by a model version this scorer does not hold."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One user's stored summary as the scorer sees it."""
+
+    user_id: int
+    status: SummaryStatus
+    tokens: np.ndarray | None  # float16 (K, d); None when not found
+    model_version: str | None
+    n_events: int
+    first_ts: int | None
+    last_ts: int | None
+    table_version: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """Scores (probabilities, one per candidate, in request order) and how they were made."""
+
+    user_id: int
+    scores: np.ndarray  # float32 (m,)
+    status: SummaryStatus
+    table_version: int
+    model_version: str
+
+    @property
+    def cold_start(self) -> bool:
+        """No stored summary: scored by the model's no-history path."""
+        return self.status is SummaryStatus.NOT_FOUND
+
+    @property
+    def stale(self) -> bool:
+        return self.status is SummaryStatus.STALE
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.scores if dtype is None else self.scores.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+Request = tuple[Any, Any] | tuple[Any, Any, Any]
+
+
+class OnlineScorer:
+    def __init__(
+        self,
+        store: SummaryStore,
+        model_dirs: Sequence[str],
+        *,
+        max_candidates: int = DEFAULT_MAX_CANDIDATES,
+        cache_size: int = 0,
+        refresh_interval_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not model_dirs:
+            raise ValueError("an OnlineScorer needs at least one model folder")
+        self.store, self.clock = store, clock
+        self.max_candidates, self.cache_size = int(max_candidates), int(cache_size)
+        self._models: dict[str, VistaModel] = {}
+        self.model_version = self.add_model(model_dirs[0])  # the default (cold-start) model
+        for extra in model_dirs[1:]:
+            self.add_model(extra)
+        spec = self._models[self.model_version].spec
+        self.reader: SummaryReader = store.open_reader(refresh_interval_s=refresh_interval_s)
+        self.reader.expect_shape(spec.num_seeds, spec.d_model)
+        self._cache: collections.OrderedDict[int, SummaryResult] = collections.OrderedDict()
+        self._cache_version = self.reader.version
+        self._cache_lock = threading.Lock()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        store_uri: str,
+        model_dir: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        max_age_s: float = 3 * 86400,
+        refresh_interval_s: float = 30.0,
+        max_candidates: int = DEFAULT_MAX_CANDIDATES,
+        cache_size: int = 0,
+        extra_model_dirs: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> OnlineScorer:
+        """Load the model, pin the store's ``serving`` version (refreshed on an interval)."""
+        store = SummaryStore(
+            store_uri,
+            storage_options=storage_options,
+            max_age_s=max_age_s,
+            refresh_interval_s=refresh_interval_s,
+            clock=clock,
+        )
+        return cls(
+            store,
+            [model_dir, *extra_model_dirs],
+            max_candidates=max_candidates,
+            cache_size=cache_size,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: VistaConfig, **kwargs: Any) -> OnlineScorer:
+        """A scorer for the ``[store]`` and ``[model]`` config sections."""
+        return cls(
+            SummaryStore.from_config(cfg.store, clock=kwargs.pop("clock", time.time)),
+            [cfg.model.model_dir],
+            **kwargs,
+        )
+
+    def add_model(self, model_dir: str) -> str:
+        """Hold one more model (e.g. the next one, before the serving tag moves to it)."""
+        model, version = artifacts.load(model_dir)
+        model.require_summarizer()
+        model.eval()
+        self._models[version] = model
+        return version
+
+    @property
+    def model_versions(self) -> list[str]:
+        return list(self._models)
+
+    # -- validation ---------------------------------------------------------------------------
+    def _user(self, user_id: Any) -> int:
+        if isinstance(user_id, bool) or not isinstance(user_id, int | np.integer):
+            raise InvalidRequestError(f"user id must be a non-negative integer, got {user_id!r}")
+        try:
+            return int(validate_user_ids(user_id)[0])
+        except InvalidUserIdError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+
+    def _items(self, item_ids: Any) -> torch.Tensor:
+        arr = np.asarray(item_ids)
+        if arr.ndim != 1:
+            raise InvalidRequestError(
+                f"candidate item ids must be a flat list, got shape {arr.shape}"
+            )
+        if arr.size == 0:
+            raise InvalidRequestError("the candidate list is empty")
+        if arr.size > self.max_candidates:
+            raise InvalidRequestError(
+                f"{arr.size} candidates; at most {self.max_candidates} per request"
+            )
+        if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+            raise InvalidRequestError(
+                f"candidate item ids must be integers, got {arr.dtype} (e.g. {arr[0]!r})"
+            )
+        if arr.min() < 0:
+            raise InvalidRequestError(f"candidate item ids must be non-negative, got {arr.min()}")
+        return torch.from_numpy(arr.astype(np.int64))
+
+    def _features(self, features: Any, m: int, model: VistaModel) -> torch.Tensor | None:
+        want = model.spec.candidate_features
+        if features is None:
+            return None
+        arr = np.asarray(features, dtype=np.float32)
+        if arr.shape != (m, want):
+            raise InvalidRequestError(
+                f"candidate features must have shape ({m}, {want}) for this model, got {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise InvalidRequestError("candidate features contain NaN or Inf")
+        return torch.from_numpy(arr)
+
+    # -- reads --------------------------------------------------------------------------------
+    def _lookup(self, ids: list[int]) -> tuple[list[SummaryResult], int]:
+        """Results for ids (one store read for the misses) and the table version they are from."""
+        if not self.cache_size:
+            batch = self.reader.get(ids)
+            return list(batch.results), batch.version
+        pinned = self.reader.current_version()  # re-pins on the refresh interval
+        with self._cache_lock:
+            if pinned != self._cache_version:
+                self._cache.clear()
+                self._cache_version = pinned
+            hits = {u: self._cache[u] for u in ids if u in self._cache}
+        missing = [u for u in ids if u not in hits]
+        version = self._cache_version
+        if missing:
+            batch = self.reader.get(missing)
+            if batch.version != version and hits:
+                # The pin moved while reading: read everything from the new version.
+                batch, hits = self.reader.get(ids), {}
+            version = batch.version
+            fresh = {r.user_id: r for r in batch.results}
+            with self._cache_lock:
+                if version != self._cache_version:
+                    self._cache.clear()
+                    self._cache_version = version
+                for u, r in fresh.items():
+                    self._cache[u] = r
+                    self._cache.move_to_end(u)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            hits.update(fresh)
+        return [hits[u] for u in ids], version
+
+    def get_summary(self, user_id: Any) -> Summary:
+        """The stored summary of one user: tokens, status, versions, event counts."""
+        uid = self._user(user_id)
+        (r,), version = self._lookup([uid])
+        return Summary(
+            uid,
+            r.status,
+            r.tokens,
+            r.model_version,
+            int(r.n_events or 0),
+            r.first_ts,
+            r.last_ts,
+            version,
+        )
+
+    def _model_for(self, r: SummaryResult) -> tuple[str, VistaModel]:
+        if r.tokens is None:
+            return self.model_version, self._models[self.model_version]
+        if r.model_version not in self._models:
+            raise ModelVersionError(
+                f"user {r.user_id}: the stored tokens were made by model "
+                f"{str(r.model_version)[:16]}, this scorer holds "
+                f"{', '.join(v[:16] for v in self._models)}; load that model (add_model) "
+                "rather than mixing versions"
+            )
+        return str(r.model_version), self._models[str(r.model_version)]
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(
+        self, user_id: Any, candidate_item_ids: Any, candidate_features: Any = None
+    ) -> ScoreResult:
+        """One user's candidates in one amortized pass; probabilities in request order."""
+        return self.score_batch([(user_id, candidate_item_ids, candidate_features)])[0]
+
+    def score_batch(self, requests: Sequence[Request]) -> list[ScoreResult]:
+        """Many users' requests: one store read, one jagged pass per model version."""
+        if not requests:
+            raise InvalidRequestError("no requests")
+        parsed = []
+        for req in requests:
+            if not isinstance(req, tuple | list) or len(req) not in (2, 3):
+                raise InvalidRequestError(
+                    "each request is (user_id, candidate_item_ids[, candidate_features])"
+                )
+            uid, items = self._user(req[0]), self._items(req[1])
+            parsed.append((uid, items, req[2] if len(req) == 3 else None))
+        results, version = self._lookup([p[0] for p in parsed])
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(results):
+            groups.setdefault(self._model_for(r)[0], []).append(i)
+        out: list[ScoreResult | None] = [None] * len(parsed)
+        now = self.clock()
+        for mv, idx in groups.items():
+            model = self._models[mv]
+            feats = [self._features(parsed[i][2], len(parsed[i][1]), model) for i in idx]
+            scores = self._forward(
+                model,
+                [results[i] for i in idx],
+                [parsed[i][1] for i in idx],
+                feats,
+                now,
+            )
+            for i, s in zip(idx, scores, strict=True):
+                out[i] = ScoreResult(parsed[i][0], s, results[i].status, version, mv)
+        return [r for r in out if r is not None]
+
+    @torch.no_grad()
+    def _forward(
+        self,
+        model: VistaModel,
+        summaries: list[SummaryResult],
+        items: list[torch.Tensor],
+        features: list[torch.Tensor | None],
+        now: float,
+    ) -> list[np.ndarray]:
+        """The jagged pass: every request's candidates against its own tokens."""
+        ranker = model.ranker
+        item_ids = torch.cat(items)
+        feats = None
+        if model.spec.candidate_features:
+            feats = torch.cat(
+                [
+                    f if f is not None else torch.zeros(len(it), model.spec.candidate_features)
+                    for f, it in zip(features, items, strict=True)
+                ]
+            )
+        cand = ranker.embed_candidates(item_ids, feats)
+        tokens = [
+            torch.from_numpy(np.asarray(r.tokens, dtype=np.float32))
+            for r in summaries
+            if r.tokens is not None
+        ]
+        K = model.spec.num_seeds
+        lengths = torch.tensor([K if r.tokens is not None else 0 for r in summaries])
+        mem = torch.cat(tokens) if tokens else torch.zeros(0, model.spec.d_model)
+        k, v = ranker.project_memory(mem)
+        kv_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
+        kv_offsets[1:] = torch.cumsum(lengths, 0)
+        q_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
+        q_offsets[1:] = torch.cumsum(torch.tensor([len(it) for it in items]), 0)
+        n_events = torch.tensor([int(r.n_events or 0) for r in summaries])
+        hours = torch.tensor(
+            [
+                max(0.0, (now - r.last_ts) / 3600.0) if r.last_ts is not None else 0.0
+                for r in summaries
+            ]
+        )
+        logits, _ = ranker(cand, k, v, q_offsets, kv_offsets, context_features(n_events, hours))
+        probs = torch.sigmoid(logits).numpy().astype(np.float32)
+        return [probs[int(a) : int(b)] for a, b in zip(q_offsets[:-1], q_offsets[1:], strict=True)]
+
+    # -- comparison path (benchmarks and tests, not production) ------------------------------
+    def score_per_candidate(self, user_id: Any, candidate_item_ids: Any) -> ScoreResult:
+        """Each candidate in its own forward pass (what amortization saves)."""
+        uid = self._user(user_id)
+        items = self._items(candidate_item_ids)
+        (r,), version = self._lookup([uid])
+        mv, model = self._model_for(r)
+        now = self.clock()
+        scores = np.concatenate(
+            [
+                self._forward(model, [r], [items[j : j + 1]], [None], now)[0]
+                for j in range(len(items))
+            ]
+        )
+        return ScoreResult(uid, scores, r.status, version, mv)
