@@ -17,6 +17,7 @@ Settings the jobs rely on, applied unless the config sets them:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -69,6 +70,9 @@ def build_session(
     are kept; only job defaults the submitter did not set are added.
     """
     os.environ.update(python_env())
+    # py4j logs every connection close at INFO; under a root logger at INFO (Airflow's)
+    # that floods the output, and at interpreter exit it fails on closed streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()

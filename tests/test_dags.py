@@ -157,7 +157,9 @@ def _summaries(cfg: Any) -> pa.Table:
     return store.location.open(SUMMARIES).to_table().sort_by("user_id")
 
 
-def test_nightly_runs_end_to_end_and_a_rerun_changes_nothing(world: dict[str, Any]) -> None:
+def test_nightly_runs_end_to_end_equals_a_full_run_and_a_rerun_changes_nothing(
+    world: dict[str, Any],
+) -> None:
     from batch_jobs import ledger
 
     cfg, day = world["cfg"], world["days"][-1]
@@ -177,6 +179,29 @@ def test_nightly_runs_end_to_end_and_a_rerun_changes_nothing(world: dict[str, An
     end = np.datetime64(day) + np.timedelta64(1, "D")
     assert all(np.datetime64(r.computed_at.replace(tzinfo=None)) >= end for r in got.results)
     assert [e.day for e in ledger.entries(store.location)][-1] == day
+
+    # The nightly run (full through D-1, then day D) equals one full run through D.
+    from batch_jobs import jobs
+    from batch_jobs.spark import build_session
+
+    ref = cfg.model_copy(
+        update={"store": cfg.store.model_copy(update={"uri": str(world["root"] / "ref")})}
+    )
+    spark = build_session(ref.spark)
+    try:
+        staged = jobs.run_summarize(
+            spark, ref, mode="full", day=day, run_dir=world["root"] / "ref-run"
+        )
+    finally:
+        spark.stop()
+    jobs.run_publish(ref, staged["run_dir"])
+    a = SummaryStore.from_config(ref.store).location.open("state").to_table().sort_by("user_id")
+    b = store.location.open("state").to_table().sort_by("user_id")
+    assert a.column("user_id").equals(b.column("user_id"))
+    assert a.column("n_events").equals(b.column("n_events"))
+    kv_a = a.column("kv").combine_chunks().flatten().to_numpy()
+    kv_b = b.column("kv").combine_chunks().flatten().to_numpy()
+    np.testing.assert_allclose(kv_b, kv_a, rtol=0, atol=1e-6 * np.abs(kv_a).max())
 
     table, runs = _summaries(cfg), ledger.entries(store.location)
     again = _airflow(world, "dags", "test", "vista_nightly", day)
