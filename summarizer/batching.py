@@ -166,16 +166,18 @@ def _vista_readouts(
         0, u_of, starts, reduce="amax"
     )
     needed = (cuts[1:] <= last_start[chunk_user]).tolist()
-    shape = (summ.layers, summ.heads, summ.feature_dim, summ.head_dim + 1)
+    shape = summ.state_shape
     sums = [
         torch.einsum("nlhf,nlhd->lhfd", ck, cv) if need else phi_k.new_zeros(shape)
         for ck, cv, need in zip(phi_k.split(lengths), v.split(lengths), needed, strict=True)
     ]
-    csum = torch.cumsum(torch.stack(sums, 0), 0)
+    # fp64 like the serving state: a difference of running sums over several users must not
+    # cancel (the "seed" map's weights span e^+-20).
+    csum = torch.cumsum(torch.stack(sums, 0).double(), 0)
     csum = torch.cat([csum.new_zeros(1, *shape), csum], 0)  # csum[j] = sum of chunks < j
     end = torch.searchsorted(cuts, starts)  # chunks before cut index end lie before the summary
     begin = torch.searchsorted(cuts, offsets[:-1][u_of])
-    kv = (csum[end] - csum[begin]).double()  # (S, L, H, F, D+1), ordered like uniq
+    kv = csum[end] - csum[begin]  # (S, L, H, F, D+1), ordered like uniq
     return summ.readout_batch(kv, p_of), torch.stack([u_of, p_of], 1), inverse
 
 

@@ -74,8 +74,10 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     item_buckets: int = Field(1 << 17, ge=16, description="hashed item-embedding rows")
     feature_dim: int = Field(32, ge=1, description="linear-attention features per head")
-    feature_map: Literal["silu", "softmax"] = Field(
-        "silu", description="VISTA's SiLU (count-normalized) or softmax slots (mass-normalized)"
+    feature_map: Literal["silu", "softmax", "seed"] = Field(
+        "silu",
+        description="VISTA's SiLU (count-normalized), softmax slots (mass-normalized), or seed "
+        "(each seed a softmax over the events)",
     )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")

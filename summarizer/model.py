@@ -42,7 +42,7 @@ class ModelSpec:
     d_model: int = 64
     num_heads: int = 4
     feature_dim: int = 32
-    feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, or "softmax" slots
+    feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, "softmax" slots, or "seed"
     num_layers: int = 2
     item_buckets: int = 1 << 17
     num_actions: int = 8

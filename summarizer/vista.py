@@ -16,6 +16,17 @@ normalized by the event count n at read-out, so:
 Read-out (cost independent of n): for each layer, seeds query the state
 (``silu(W_q x) S / n``), then attend to each other, then an MLP. With no
 events S = 0 and the tokens are the model's no-history summary.
+
+``feature_map="seed"`` replaces the shared feature space by the seeds themselves:
+each layer has K learned (user-independent) seed queries per head, and an event's
+"feature" k is its softmax weight for seed k, ``exp(cap * tanh(q_k . k_t / cap sqrt(D)))``.
+The state row k is then ``sum_t w_tk [v_t, 1]``, and seed k reads its softmax
+average ``S[k, :D] / S[k, D]``: a seed attends *over the events* with a real
+softmax (events compete for the seed, so seeds become interest extractors, as in
+multi-interest models), and because the queries are fixed the numerator and
+denominator are plain sums -- the fold law holds exactly as for SiLU. The soft
+cap bounds every weight to [e^-cap, e^cap], so the sums cannot overflow and no
+running maximum is needed.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from torch import nn
 
 from summarizer.encoder import EventBatch, EventEncoder, previous_times
 
-FEATURE_MAPS = ("silu", "softmax")
+FEATURE_MAPS = ("silu", "softmax", "seed")
+SEED_LOGIT_CAP = 20.0  # "seed" map: |logit| < cap, so event weights lie in [e^-20, e^20]
 
 
 @dataclasses.dataclass
@@ -45,11 +57,12 @@ class SummaryState:
 
 
 class SeedReadoutLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, feature_dim: int) -> None:
+    def __init__(self, dim: int, heads: int, feature_dim: int, query: bool = True) -> None:
         super().__init__()
         self.heads, self.feature_dim, self.head_dim = heads, feature_dim, dim // heads
-        self.norm_q = nn.LayerNorm(dim)
-        self.q = nn.Linear(dim, heads * feature_dim)
+        # query=False ("seed" map): seed k reads state row k directly, no query projection.
+        self.norm_q = nn.LayerNorm(dim) if query else None
+        self.q = nn.Linear(dim, heads * feature_dim) if query else None
         # The mean over many events of silu(k) (x) v is small (random signs cancel); normalizing
         # what the seeds read lets the history steer them from the first step.
         self.norm_read = nn.LayerNorm(dim)
@@ -60,10 +73,15 @@ class SeedReadoutLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x: torch.Tensor, kv_mean: torch.Tensor) -> torch.Tensor:
-        """x: (B, K, d) seeds; kv_mean: (B, H, F, D) normalized state of this layer."""
+        """x: (B, K, d) seeds; kv_mean: (B, H, F, D) normalized state of this layer
+        (``query=False``: F == K and seed k reads row k)."""
         B, K, d = x.shape
-        phi_q = F.silu(self.q(self.norm_q(x))).view(B, K, self.heads, self.feature_dim)
-        read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
+        if self.q is None:
+            read = kv_mean.transpose(1, 2).reshape(B, K, d)
+        else:
+            assert self.norm_q is not None
+            phi_q = F.silu(self.q(self.norm_q(x))).view(B, K, self.heads, self.feature_dim)
+            read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
         x = x + self.out(self.norm_read(read))
         h = self.norm_self(x)
         x = x + self.self_attn(h, h, h, need_weights=False)[0]
@@ -100,11 +118,19 @@ class VistaSummarizer(nn.Module):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         self.feature_map = feature_map
+        seed_map = feature_map == "seed"
+        # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
+        self.key_dim = self.head_dim if seed_map else feature_dim
+        # State rows per head: the shared features, or one per seed.
+        self.state_rows = num_seeds if seed_map else feature_dim
         # One matmul gives every layer's keys and values.
-        self.kv = nn.Linear(dim, layers * heads * (feature_dim + self.head_dim))
+        self.kv = nn.Linear(dim, layers * heads * (self.key_dim + self.head_dim))
+        self.seed_queries = (
+            nn.Parameter(torch.randn(layers, heads, num_seeds, self.head_dim)) if seed_map else None
+        )
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02)
         self.readout_layers = nn.ModuleList(
-            SeedReadoutLayer(dim, heads, feature_dim) for _ in range(layers)
+            SeedReadoutLayer(dim, heads, feature_dim, query=not seed_map) for _ in range(layers)
         )
         self.final_norm = nn.LayerNorm(dim)
 
@@ -112,19 +138,28 @@ class VistaSummarizer(nn.Module):
     def state_shape(self) -> tuple[int, int, int, int]:
         # The last value column is a constant 1, so the state also carries each feature's
         # key mass sum_t phi(k_t) -- mergeable like the rest.
-        return (self.layers, self.heads, self.feature_dim, self.head_dim + 1)
+        return (self.layers, self.heads, self.state_rows, self.head_dim + 1)
 
     def empty_state(self) -> SummaryState:
         return SummaryState(torch.zeros(self.state_shape, dtype=torch.float64), 0, None, None)
 
     def keys_values(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded events (n, d) -> feature-mapped keys (n, L, H, F) and values (n, L, H, D+1)."""
+        """Encoded events (n, d) -> feature-mapped keys (n, L, H, F) and values (n, L, H, D+1).
+
+        ("seed": F = K, each event's unnormalized softmax weight for every seed.)"""
         n = e.shape[0]
-        kv = self.kv(e).view(n, self.layers, self.heads, self.feature_dim + self.head_dim)
-        k = kv[..., : self.feature_dim]
-        phi = F.silu(k) if self.feature_map == "silu" else torch.softmax(k, dim=-1)
+        kv = self.kv(e).view(n, self.layers, self.heads, self.key_dim + self.head_dim)
+        k = kv[..., : self.key_dim]
+        if self.feature_map == "silu":
+            phi = F.silu(k)
+        elif self.feature_map == "softmax":
+            phi = torch.softmax(k, dim=-1)
+        else:
+            assert self.seed_queries is not None
+            logits = torch.einsum("nlhd,lhkd->nlhk", k, self.seed_queries) / self.head_dim**0.5
+            phi = torch.exp(SEED_LOGIT_CAP * torch.tanh(logits / SEED_LOGIT_CAP))
         ones = kv.new_ones(n, self.layers, self.heads, 1)
-        return phi, torch.cat([kv[..., self.feature_dim :], ones], dim=-1)
+        return phi, torch.cat([kv[..., self.key_dim :], ones], dim=-1)
 
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
@@ -197,10 +232,13 @@ class VistaSummarizer(nn.Module):
         if self.feature_map == "silu":
             # VISTA's quasi-linear attention: normalize by the event count.
             kv_mean = (values / n_events.clamp(min=1).to(kv.dtype).view(B, 1, 1, 1, 1)).float()
-        else:
+        elif self.feature_map == "softmax":
             # Softmax features assign each event to slots: each slot's mean value (one
             # pseudo-count keeps empty slots at 0).
             kv_mean = (values / (mass + 1.0)).float()
+        else:
+            # Each seed's softmax average over the events; no events: 0 (values are 0 there).
+            kv_mean = (values / torch.where(mass > 0, mass, torch.ones_like(mass))).float()
         x = self.seeds.unsqueeze(0).expand(B, -1, -1)
         for layer, block in enumerate(self.readout_layers):
             x = block(x, kv_mean[:, layer])
