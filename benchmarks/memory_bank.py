@@ -1,0 +1,134 @@
+"""Benchmark: TWIN-V2 clustering of one long history, and GSU top-k search.
+
+A. ``cluster_history`` on n events (d=64 embeddings drawn around 2,000 topic
+   centres, three engagement levels), γ=256, C=10^4: seconds (median of
+   --repeats), clusters, largest cluster, peak RSS.
+B. ``gsu.topk`` for m=512 candidates over C memory tokens (k=32): torch
+   matmul+topk against FAISS IndexFlatIP, 1 and 2 threads, p50/p99 over
+   --requests searches; both backends' answers are checked equal.
+
+    .venv/bin/python benchmarks/memory_bank.py [--sizes 10000,100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from summarizer.clustering import ClusterParams, cluster_history, engagement_levels  # noqa: E402
+from summarizer.gsu import topk  # noqa: E402
+
+
+def events(n: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((2000, d)).astype(np.float32)
+    emb = centres[rng.integers(0, 2000, n)]
+    emb += 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    action = rng.choice(3, n, p=[0.7, 0.25, 0.05])
+    return emb, rng.integers(0, 10**7, n), action, engagement_levels(action)
+
+
+def part_a(sizes: list[int], repeats: int) -> list[dict]:
+    rows = []
+    params = ClusterParams(max_cluster_size=256, max_clusters=10_000)
+    for n in sizes:
+        emb, item, action, level = events(n)
+        secs = []
+        bank = None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            bank = cluster_history(emb, item, action, level, params)
+            secs.append(time.perf_counter() - t)
+        assert bank is not None
+        row = {
+            "n": n,
+            "seconds_p50": float(np.median(secs)),
+            "seconds_all": secs,
+            "events_per_s": n / float(np.median(secs)),
+            "clusters": len(bank),
+            "largest": int(bank.sizes.max()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        print(
+            f"cluster n={n:>9,}: {row['seconds_p50']:.2f} s  {row['events_per_s']:,.0f} ev/s  "
+            f"{row['clusters']} clusters (largest {row['largest']})  peak RSS {row['peak_rss_mb']:.0f} MB"
+        )
+        rows.append(row)
+    return rows
+
+
+def part_b(requests: int) -> list[dict]:
+    import faiss
+
+    rows = []
+    rng = np.random.default_rng(1)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+        for C in (1000, 10_000):
+            bank = rng.standard_normal((C, 64)).astype(np.float32)
+            qs = [rng.standard_normal((512, 64)).astype(np.float32) for _ in range(requests)]
+            a = topk(qs[0], bank, 32, "torch")[1]
+            b = topk(qs[0], bank, 32, "faiss")[1]
+            assert np.array_equal(a, b), "torch and faiss disagree"
+            for backend in ("torch", "faiss"):
+                for q in qs[:5]:
+                    topk(q, bank, 32, backend)  # type: ignore[arg-type]
+                ts = []
+                for q in qs:
+                    t = time.perf_counter()
+                    topk(q, bank, 32, backend)  # type: ignore[arg-type]
+                    ts.append((time.perf_counter() - t) * 1e3)
+                row = {
+                    "threads": threads,
+                    "C": C,
+                    "backend": backend,
+                    "p50_ms": float(np.percentile(ts, 50)),
+                    "p99_ms": float(np.percentile(ts, 99)),
+                }
+                print(
+                    f"gsu m=512 k=32 C={C:>6,} threads={threads} {backend:>5}: "
+                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms"
+                )
+                rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--out", default=str(HERE / "out" / "memory_bank.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = {
+        "command": " ".join(sys.argv),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+        "cluster": part_a([int(s) for s in args.sizes.split(",")], args.repeats),
+        "gsu": part_b(args.requests),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""TWIN-V2 clustering and the GSU: size bounds, conservation, determinism, incremental
+assignment, and top-k against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from summarizer.clustering import (
+    ClusterParams,
+    MemoryBank,
+    assign_new,
+    cluster_history,
+    cluster_history_with_labels,
+    effective_cluster_size,
+    engagement_levels,
+)
+from summarizer.gsu import choose_backend, topk
+
+
+def history(n: int, seed: int = 0, d: int = 16) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, d)).astype(np.float32)
+    emb = centers[rng.integers(0, 20, n)] + 0.2 * rng.standard_normal((n, d)).astype(np.float32)
+    item = rng.integers(0, 10**6, n)
+    action = rng.integers(0, 3, n)
+    return emb, item, action, engagement_levels(action)
+
+
+def members(bank: MemoryBank, emb: np.ndarray, level: np.ndarray) -> None:
+    """The bank's invariants against the history it was built from."""
+    assert bank.sizes.sum() == emb.shape[0]
+    assert (bank.sizes >= 1).all()
+    for g in np.unique(level):
+        # Each level's events are all in that level's clusters.
+        assert bank.sizes[bank.levels == g].sum() == (level == g).sum()
+        assert np.allclose(
+            bank.sums[bank.levels == g].sum(0), emb[level == g].astype(np.float64).sum(0)
+        )
+
+
+@pytest.mark.parametrize("n,gamma", [(1, 4), (50, 8), (3000, 64), (3000, 1000)])
+def test_clusters_respect_the_size_bound_and_conserve_events(n: int, gamma: int) -> None:
+    emb, item, action, level = history(n)
+    params = ClusterParams(max_cluster_size=gamma, max_clusters=10_000)
+    bank = cluster_history(emb, item, action, level, params)
+    assert bank.sizes.max() <= gamma
+    members(bank, emb, level)
+    assert len(bank) >= int(np.ceil(n / gamma))
+
+
+def test_cluster_count_is_capped_by_raising_gamma() -> None:
+    emb, item, action, level = history(5000, seed=1)
+    params = ClusterParams(max_cluster_size=4, max_clusters=100)
+    bank = cluster_history(emb, item, action, level, params)
+    assert len(bank) <= 100
+    assert bank.sizes.max() <= effective_cluster_size(5000, params) * 2
+    members(bank, emb, level)
+
+
+def test_clustering_is_deterministic_by_seed() -> None:
+    emb, item, action, level = history(4000, seed=2)
+    a = cluster_history(emb, item, action, level, ClusterParams(max_cluster_size=50, seed=3))
+    b = cluster_history(emb, item, action, level, ClusterParams(max_cluster_size=50, seed=3))
+    for f in ("sums", "sizes", "levels", "rep_item", "rep_action"):
+        assert np.array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_tokens_are_means_with_the_nearest_members_features() -> None:
+    emb, item, action, level = history(600, seed=4)
+    bank, labels = cluster_history_with_labels(
+        emb, item, action, level, ClusterParams(max_cluster_size=40)
+    )
+    cent = bank.centroids
+    for j in range(len(bank)):
+        idx = np.flatnonzero(labels == j)
+        assert len(idx) == bank.sizes[j] and (level[idx] == bank.levels[j]).all()
+        assert np.allclose(cent[j], emb[idx].mean(0), atol=1e-5)
+        nearest = idx[np.argmin(((emb[idx] - emb[idx].mean(0)) ** 2).sum(1))]
+        assert (bank.rep_item[j], bank.rep_action[j]) == (item[nearest], action[nearest])
+    # Identical points cannot be separated by k-means: they are cut in order.
+    flat = np.ones((100, 8), np.float32)
+    b2 = cluster_history(
+        flat, np.arange(100), np.zeros(100, int), np.zeros(100, int), ClusterParams(10)
+    )
+    assert len(b2) == 10 and (b2.sizes == 10).all() and np.allclose(b2.centroids, 1.0)
+
+
+def test_engagement_levels_split_actions_and_ratings() -> None:
+    lv = engagement_levels(np.array([0, 1, 2, 3, 3, 3]), np.array([np.nan] * 3 + [1.0, 3.0, 4.5]))
+    assert list(lv[:3]) == [0, 1, 2]
+    assert len(set(lv[3:])) == 3 and min(lv[3:]) > 2
+
+
+def test_assign_new_joins_the_nearest_cluster_of_the_same_level() -> None:
+    emb, item, action, level = history(2000, seed=5)
+    params = ClusterParams(max_cluster_size=100)
+    bank = cluster_history(emb, item, action, level, params)
+    new_emb, _, _, new_level = history(30, seed=6)
+    keep = np.isin(new_level, bank.levels)
+    new_emb, new_level = new_emb[keep], new_level[keep]
+    out, recluster = assign_new(bank, new_emb, new_level, params)
+    assert out.n_events == bank.n_events + len(new_emb)
+    assert bank.n_events == 2000  # the input is not modified
+    cent = bank.centroids
+    for e, g in zip(new_emb, new_level, strict=True):
+        cands = np.flatnonzero(bank.levels == g)
+        want = cands[np.argmin(((cent[cands] - e) ** 2).sum(1))]
+        # That cluster grew; sums stay exact.
+        assert out.sizes[want] > bank.sizes[want]
+    members(
+        out,
+        np.concatenate([emb, new_emb]),
+        np.concatenate([level, new_level]),
+    )
+    assert recluster == bool((out.sizes > 100).any())
+
+
+def test_assign_new_asks_for_reclustering_on_overflow_or_a_new_level() -> None:
+    emb = np.zeros((10, 4), np.float32)
+    bank = cluster_history(
+        emb, np.arange(10), np.zeros(10, int), np.zeros(10, int), ClusterParams(10)
+    )
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(10))
+    assert again  # 11 > γ
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.ones(1, int), ClusterParams(50))
+    assert again  # level 1 has no cluster
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(50))
+    assert not again
+
+
+def test_bad_input_is_named() -> None:
+    emb, item, action, level = history(10)
+    with pytest.raises(ValueError, match="NaN"):
+        cluster_history(np.full((3, 2), np.nan, np.float32), [1, 2, 3], [0, 0, 0], [0, 0, 0])
+    with pytest.raises(ValueError, match="levels"):
+        cluster_history(emb, item, action, level[:5])
+    with pytest.raises(ValueError, match="max_cluster_size"):
+        ClusterParams(max_cluster_size=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("C,k", [(1, 4), (37, 5), (500, 32)])
+def test_gsu_topk_equals_brute_force(backend: str, C: int, k: int) -> None:
+    rng = np.random.default_rng(C)
+    q = rng.standard_normal((64, 16)).astype(np.float32)
+    bank = rng.standard_normal((C, 16)).astype(np.float32)
+    scores, idx = topk(q, bank, k, backend)  # type: ignore[arg-type]
+    full = q.astype(np.float64) @ bank.T.astype(np.float64)
+    want = np.argsort(-full, axis=1, kind="stable")[:, : min(k, C)]
+    assert np.array_equal(idx, want)
+    assert np.allclose(scores, np.take_along_axis(full, want, 1), atol=1e-4)
+
+
+def test_gsu_edge_cases() -> None:
+    q = np.ones((3, 4), np.float32)
+    s, i = topk(q, np.zeros((0, 4), np.float32), 5)
+    assert s.shape == (3, 0) and i.shape == (3, 0)
+    with pytest.raises(ValueError, match="bank"):
+        topk(q, np.ones((5, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="backend"):
+        choose_backend("cuda")  # type: ignore[arg-type]
