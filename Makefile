@@ -50,6 +50,8 @@ demo: $(STAMP)
 	@echo "== 8. score candidates for that user from Python's OnlineScorer (one amortized pass; a user with no summary takes the cold-start path)"
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 0 1 2 3 42 4242 777
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 99999999 1 2 3
+	@echo "== 9. long memory: TWIN-V2-cluster that user's whole history (<= 256 events a cluster) and GSU-search it for two candidates"
+	cd $(DEMO_DIR) && ../$(BIN)/vista cluster 0 --candidates 42 4242 --k 2
 	@echo "== demo finished; outputs under $(DEMO_DIR)/data, $(DEMO_DIR)/artifacts and $(DEMO_DIR)/airflow_nightly.log"
 
 test: $(STAMP)

@@ -205,6 +205,62 @@ def _cmd_summarize(cfg: VistaConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from summarizer import artifacts
+    from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.gsu import topk
+    from summarizer.histories import load_histories
+
+    model, version = artifacts.load(args.model or cfg.model.model_dir)
+    hist = load_histories(args.data or cfg.data.valid_dir, users=[args.user])
+    if hist.n_users == 0:
+        print(f"user {args.user}: no events, no memory bank")
+        return 0
+    params = ClusterParams(max_cluster_size=args.gamma, max_clusters=args.max_clusters)
+    with torch.no_grad():  # the item embedding the candidates are scored with
+        emb = model.items(torch.as_tensor(np.array(hist.item_id, dtype=np.int64))).numpy()
+    level = engagement_levels(hist.action, hist.weight)
+    t0 = time.perf_counter()
+    bank = cluster_history(emb, hist.item_id, hist.action, level, params)
+    seconds = time.perf_counter() - t0
+    report: dict[str, object] = {
+        "user_id": args.user,
+        "model_version": version,
+        "n_events": int(len(hist.item_id)),
+        "clusters": len(bank),
+        "largest_cluster": int(bank.sizes.max()),
+        "clusters_per_level": {
+            int(g): int((bank.levels == g).sum()) for g in np.unique(bank.levels)
+        },
+        "seconds": round(seconds, 3),
+    }
+    if args.candidates:
+        with torch.no_grad():
+            q = model.items(torch.tensor(args.candidates, dtype=torch.long)).numpy()
+        scores, idx = topk(q, bank.centroids, args.k)
+        report["gsu"] = [
+            {
+                "candidate": c,
+                "top": [
+                    {
+                        "cluster": int(j),
+                        "score": round(float(sc), 4),
+                        "size": int(bank.sizes[j]),
+                        "level": int(bank.levels[j]),
+                        "rep_item": int(bank.rep_item[j]),
+                    }
+                    for sc, j in zip(scores[i], idx[i], strict=True)
+                ],
+            }
+            for i, c in enumerate(args.candidates)
+        ]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vista",
@@ -277,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", help="validated events folder (default: data.valid_dir)")
     sm.add_argument("--model", help="model folder (default: model.model_dir)")
     sm.set_defaults(func=_cmd_summarize)
+
+    cl = sub.add_parser(
+        "cluster",
+        help="TWIN-V2-cluster one user's history into a memory bank; optionally GSU-search it",
+    )
+    cl.add_argument("user", type=int, help="user id")
+    cl.add_argument("--candidates", type=int, nargs="*", help="item ids to search the bank for")
+    cl.add_argument("--k", type=int, default=3, help="memory tokens per candidate")
+    cl.add_argument("--gamma", type=int, default=256, help="largest cluster (events)")
+    cl.add_argument("--max-clusters", type=int, default=10_000, help="C, most clusters")
+    cl.add_argument("--data", help="validated events folder (default: data.valid_dir)")
+    cl.add_argument("--model", help="model folder (default: model.model_dir)")
+    cl.set_defaults(func=_cmd_cluster)
 
     from summarizer.store_cli import register as register_store
 

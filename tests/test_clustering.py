@@ -3,6 +3,8 @@ assignment, and top-k against brute force."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,34 @@ def test_gsu_edge_cases() -> None:
         topk(q, np.ones((5, 3), np.float32), 2)
     with pytest.raises(ValueError, match="backend"):
         choose_backend("cuda")  # type: ignore[arg-type]
+
+
+def test_cluster_cli_builds_a_bank_and_searches_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+) -> None:
+    import json
+
+    import torch
+
+    from summarizer import artifacts
+    from summarizer.cli import main
+    from summarizer.model import ModelSpec, VistaModel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISTA_SYNTH__MAX_EVENTS", "3000")
+    assert main(["data", "synth", "--users", "5", "--quiet"]) == 0
+    assert main(["data", "validate", "--quiet"]) == 0
+    torch.manual_seed(0)
+    artifacts.save(VistaModel(ModelSpec(num_seeds=4, d_model=16, item_buckets=1024)), "model")
+    capsys.readouterr()
+    args = ["cluster", "0", "--model", "model", "--gamma", "64", "--candidates", "1", "2"]
+    assert main([*args, "--k", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_events"] == 3000 and report["largest_cluster"] <= 64
+    assert sum(report["clusters_per_level"].values()) == report["clusters"] >= 3000 // 64
+    assert [g["candidate"] for g in report["gsu"]] == [1, 2]
+    top = report["gsu"][0]["top"]
+    assert len(top) == 4 and top[0]["score"] >= top[-1]["score"]
