@@ -35,7 +35,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def child(n: int, repeats: int, threads: int) -> dict[str, float]:
+def child(n: int, repeats: int, threads: int, feature_map: str = "silu") -> dict[str, float]:
     import numpy as np
     import torch
 
@@ -44,7 +44,7 @@ def child(n: int, repeats: int, threads: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = VistaModel(ModelSpec()).eval()
+    model = VistaModel(ModelSpec(feature_map=feature_map)).eval()
     summ = model.require_summarizer()
     rng = np.random.default_rng(n)
     total = n + max(n // 100, 1)
@@ -92,10 +92,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--feature-map", default="silu", choices=["silu", "softmax", "seed"])
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.repeats, args.threads)))
+        print(json.dumps(child(args.child, args.repeats, args.threads, args.feature_map)))
         return
     rows = []
     for n in args.sizes:
@@ -109,6 +110,8 @@ def main() -> None:
                 str(args.repeats),
                 "--threads",
                 str(args.threads),
+                "--feature-map",
+                args.feature_map,
             ],
             check=True,
             capture_output=True,
@@ -116,7 +119,10 @@ def main() -> None:
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"summarize one history, K=64 d=64, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"summarize one history, K=64 d=64, {args.feature_map} map, {args.threads} threads, "
+        f"median of {args.repeats}"
+    )
     print(
         f"{'events':>10} {'seconds':>9} {'events/s':>12} {'peak RSS MB':>12} {'fold 1% s':>10} {'recompute s':>12} {'speed-up':>9}"
     )
