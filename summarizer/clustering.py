@@ -30,11 +30,13 @@ never re-clusters the whole population.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 
 import numpy as np
 
 from summarizer.events import Action
+from summarizer.store_records import MemoryBankRecord
 
 # Explicit ratings (weight) fall in three levels after the implicit actions.
 _RATING_LEVELS = (2.5, 4.0)  # < 2.5 low, [2.5, 4) mid, >= 4 high
@@ -93,6 +95,18 @@ class MemoryBank:
     @property
     def n_events(self) -> int:
         return int(self.sizes.sum())
+
+    def to_record(
+        self, user_id: int, model_version: str, updated_at: dt.datetime
+    ) -> MemoryBankRecord:
+        """The store's memory-bank row: float16 tokens (the means) and sizes."""
+        return MemoryBankRecord(
+            int(user_id),
+            model_version,
+            self.centroids.astype(np.float16),
+            self.sizes.copy(),
+            updated_at,
+        )
 
 
 def effective_cluster_size(n: int, params: ClusterParams) -> int:

@@ -193,3 +193,28 @@ def test_cluster_cli_builds_a_bank_and_searches_it(
     assert [g["candidate"] for g in report["gsu"]] == [1, 2]
     top = report["gsu"][0]["top"]
     assert len(top) == 4 and top[0]["score"] >= top[-1]["score"]
+
+
+def test_bank_round_trips_through_the_store_and_searches_the_same(tmp_path: Path) -> None:
+    """Cluster, publish to the store's memory-bank table, read back, GSU: same top-k as on the
+    bank's own (float16-rounded) tokens."""
+    import datetime as dt
+
+    from summarizer.store import SummaryStore, memory_bank_schema
+
+    params = ClusterParams(max_cluster_size=32, max_clusters=64)
+    banks = {u: cluster_history(*history(500, seed=u), params) for u in (7, 8)}
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    store = SummaryStore(str(tmp_path / "db"))
+    store.publish(
+        [b.to_record(u, "mv", at) for u, b in banks.items()],
+        schema=memory_bank_schema(64, 16, "mv"),
+    )
+    got = store.get_memory_banks([8, 7, 9])
+    assert sorted(got) == [7, 8]
+    q = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    for u, b in banks.items():
+        np.testing.assert_array_equal(got[u].sizes, b.sizes)
+        tokens = got[u].tokens.astype(np.float32)
+        np.testing.assert_array_equal(tokens, b.centroids.astype(np.float16).astype(np.float32))
+        assert np.array_equal(topk(q, tokens, 5)[1], topk(q, b.centroids.astype(np.float16), 5)[1])
