@@ -40,7 +40,6 @@ from summarizer.store_records import MemoryBankRecord
 
 # Explicit ratings (weight) fall in three levels after the implicit actions.
 _RATING_LEVELS = (2.5, 4.0)  # < 2.5 low, [2.5, 4) mid, >= 4 high
-N_LEVELS = int(max(Action)) + 1 + len(_RATING_LEVELS) + 1
 
 
 def engagement_levels(action: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
@@ -271,5 +270,5 @@ def assign_new(
         target = cands[np.argmin(d2, axis=1)]
         np.add.at(out.sums, target, emb[rows].astype(np.float64))
         np.add.at(out.sizes, target, 1)
-    gamma = effective_cluster_size(out.n_events + (emb.shape[0] if orphan else 0), params)
+    gamma = effective_cluster_size(bank.n_events + emb.shape[0], params)
     return out, orphan or bool((out.sizes > gamma).any())

@@ -16,6 +16,7 @@ Both are exact: they return the same tokens wherever scores are not tied
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -24,11 +25,11 @@ import torch
 Backend = Literal["auto", "torch", "faiss"]
 
 
+@functools.cache
 def _faiss_gpu_available() -> bool:
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss is a dependency
-        return False
+    """Once per process: every search asks, and the answer cannot change."""
+    import faiss
+
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
