@@ -79,6 +79,16 @@ class ModelConfig(_Section):
         description="VISTA's SiLU (count-normalized), softmax slots (mass-normalized), or seed "
         "(each seed a softmax over the events)",
     )
+    values: Literal["projected", "events"] = Field(
+        "projected",
+        description="what the state sums per event: a learned value projection per layer "
+        "(VISTA) or the encoded event itself",
+    )
+    readout: Literal["transformer", "pool"] = Field(
+        "transformer",
+        description="seed read-out: VISTA's layers (read, projection, self-attention, MLP) "
+        "or pool (the normalized read added to each seed, nothing learned after it)",
+    )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")
     model_dir: str = "artifacts/model"

@@ -49,6 +49,10 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         Variant(
             "VISTA K=64, no reconstruction loss", spec(kind="vista", num_seeds=64), recon_weight=0.0
         ),
+        Variant(
+            "VISTA (event values, pooled read-out) K=16",
+            spec(kind="vista", num_seeds=16, values="events", readout="pool"),
+        ),
     ]
 
 

@@ -43,6 +43,8 @@ class ModelSpec:
     num_heads: int = 4
     feature_dim: int = 32
     feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, "softmax" slots, or "seed"
+    values: str = "projected"  # summed values: learned W_v e per layer, or the encoded events
+    readout: str = "transformer"  # seed read-out: VISTA's transformer layers, or "pool" (read only)
     num_layers: int = 2
     item_buckets: int = 1 << 17
     num_actions: int = 8
@@ -136,6 +138,8 @@ class VistaModel(nn.Module):
                 spec.num_layers,
                 spec.chunk_size,
                 spec.feature_map,
+                spec.values,
+                spec.readout,
             )
             self.recon = ReconstructionDecoder(d, h)
         elif spec.kind == "linkedin":

@@ -16,6 +16,11 @@ normalized by the event count n at read-out, so:
 Read-out (cost independent of n): for each layer, seeds query the state
 (``silu(W_q x) S / n``), then attend to each other, then an MLP. With no
 events S = 0 and the tokens are the model's no-history summary.
+``readout="pool"`` keeps only the read: each layer adds the normalized read to
+the seed (no output projection, seed self-attention or MLP). A learned linear
+map between the pooled statistic and the ranker stalled training on the
+synthetic data (BENCHMARKS.md, issue 3), as did the value projection
+(``values="events"`` sums the encoded events themselves instead).
 
 ``feature_map="seed"`` replaces the shared feature space by the seeds themselves:
 each layer has K learned (user-independent) seed queries per head, and an event's
@@ -40,6 +45,8 @@ from torch import nn
 from summarizer.encoder import EventBatch, EventEncoder, previous_times
 
 FEATURE_MAPS = ("silu", "softmax", "seed")
+VALUE_MODES = ("projected", "events")
+READOUTS = ("transformer", "pool")
 SEED_LOGIT_CAP = 20.0  # "seed" map: |logit| < cap, so event weights lie in [e^-20, e^20]
 
 
@@ -57,7 +64,9 @@ class SummaryState:
 
 
 class SeedReadoutLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, feature_dim: int, query: bool = True) -> None:
+    def __init__(
+        self, dim: int, heads: int, feature_dim: int, query: bool = True, mix: bool = True
+    ) -> None:
         super().__init__()
         self.heads, self.feature_dim, self.head_dim = heads, feature_dim, dim // heads
         # query=False ("seed" map): seed k reads state row k directly, no query projection.
@@ -66,11 +75,15 @@ class SeedReadoutLayer(nn.Module):
         # The mean over many events of silu(k) (x) v is small (random signs cancel); normalizing
         # what the seeds read lets the history steer them from the first step.
         self.norm_read = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, dim)
-        self.norm_self = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm_ff = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        # mix=False ("pool" read-out): the normalized read goes straight onto the seed -- no
+        # output projection, seed self-attention or MLP (see VistaSummarizer's docstring).
+        self.mix = mix
+        if mix:
+            self.out = nn.Linear(dim, dim)
+            self.norm_self = nn.LayerNorm(dim)
+            self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.norm_ff = nn.LayerNorm(dim)
+            self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x: torch.Tensor, kv_mean: torch.Tensor) -> torch.Tensor:
         """x: (B, K, d) seeds; kv_mean: (B, H, F, D) normalized state of this layer
@@ -82,6 +95,8 @@ class SeedReadoutLayer(nn.Module):
             assert self.norm_q is not None
             phi_q = F.silu(self.q(self.norm_q(x))).view(B, K, self.heads, self.feature_dim)
             read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
+        if not self.mix:
+            return x + self.norm_read(read)
         x = x + self.out(self.norm_read(read))
         h = self.norm_self(x)
         x = x + self.self_attn(h, h, h, need_weights=False)[0]
@@ -101,6 +116,8 @@ class VistaSummarizer(nn.Module):
         layers: int,
         chunk_size: int = 4096,
         feature_map: str = "silu",
+        values: str = "projected",
+        readout: str = "transformer",
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -118,19 +135,31 @@ class VistaSummarizer(nn.Module):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         self.feature_map = feature_map
+        if values not in VALUE_MODES:
+            raise ValueError(f"values must be one of {VALUE_MODES}, got {values!r}")
+        # "projected": per-layer learned values W_v e (VISTA); "events": the encoded event itself,
+        # head h reading its slice of e (every layer sums the same values).
+        self.values = values
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.readout_kind = readout
         seed_map = feature_map == "seed"
         # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
         self.key_dim = self.head_dim if seed_map else feature_dim
         # State rows per head: the shared features, or one per seed.
         self.state_rows = num_seeds if seed_map else feature_dim
-        # One matmul gives every layer's keys and values.
-        self.kv = nn.Linear(dim, layers * heads * (self.key_dim + self.head_dim))
+        # One matmul gives every layer's keys (and projected values).
+        self.value_dim = self.head_dim if values == "projected" else 0
+        self.kv = nn.Linear(dim, layers * heads * (self.key_dim + self.value_dim))
         self.seed_queries = (
             nn.Parameter(torch.randn(layers, heads, num_seeds, self.head_dim)) if seed_map else None
         )
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02)
         self.readout_layers = nn.ModuleList(
-            SeedReadoutLayer(dim, heads, feature_dim, query=not seed_map) for _ in range(layers)
+            SeedReadoutLayer(
+                dim, heads, feature_dim, query=not seed_map, mix=readout == "transformer"
+            )
+            for _ in range(layers)
         )
         self.final_norm = nn.LayerNorm(dim)
 
@@ -148,8 +177,12 @@ class VistaSummarizer(nn.Module):
 
         ("seed": F = K, each event's unnormalized softmax weight for every seed.)"""
         n = e.shape[0]
-        kv = self.kv(e).view(n, self.layers, self.heads, self.key_dim + self.head_dim)
+        kv = self.kv(e).view(n, self.layers, self.heads, self.key_dim + self.value_dim)
         k = kv[..., : self.key_dim]
+        if self.values == "projected":
+            v = kv[..., self.key_dim :]
+        else:
+            v = e.view(n, 1, self.heads, self.head_dim).expand(n, self.layers, -1, -1)
         if self.feature_map == "silu":
             phi = F.silu(k)
         elif self.feature_map == "softmax":
@@ -160,7 +193,7 @@ class VistaSummarizer(nn.Module):
             # A hard cap (exp of tanh was 3x the cost of the whole fold at 10^6 events).
             phi = torch.exp(logits.clamp(-SEED_LOGIT_CAP, SEED_LOGIT_CAP))
         ones = kv.new_ones(n, self.layers, self.heads, 1)
-        return phi, torch.cat([kv[..., self.key_dim :], ones], dim=-1)
+        return phi, torch.cat([v, ones], dim=-1)
 
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
