@@ -142,7 +142,6 @@ class VistaSummarizer(nn.Module):
         self.values = values
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        self.readout_kind = readout
         seed_map = feature_map == "seed"
         # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
         self.key_dim = self.head_dim if seed_map else feature_dim
