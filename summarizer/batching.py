@@ -14,6 +14,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from kernels import GatheredMemory
 from summarizer.encoder import EventBatch, previous_times_jagged
 from summarizer.model import VistaModel
 from summarizer.ranker import context_features
@@ -99,7 +100,14 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
         tokens, sum_pos, inverse = _vista_readouts(model, e, batch)
         mem, mem_offs = _vista_memory(model, tokens[inverse], e, batch)
         k, vv = ranker.project_memory(mem)
-        logits, ratings = ranker(cand, k, vv, batch.cand_offsets, mem_offs, ctx)
+        q = ranker.queries(cand)
+        gathered = None
+        if spec.uses_memory_bank:  # the bank holds what the summary holds: events before it
+            sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
+            gathered = _gsu_memory(model, e, q, batch, sp)
+        logits, ratings = ranker(
+            cand, k, vv, batch.cand_offsets, mem_offs, ctx, memory=gathered, q=q
+        )
         if recon and model.recon is not None:
             recon_loss = _reconstruction_loss(model, tokens, sum_pos, e, batch)
         return BatchOutput(logits, ratings, recon_loss)
@@ -123,6 +131,22 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
 
     if spec.kind == "full":
         return BatchOutput(*_full_attention(model, e, cand, ctx_c, batch), None)
+
+    if spec.kind == "sim":  # no shared tokens: each candidate's top-k of the whole prefix
+        q = ranker.queries(cand)
+        empty = e.new_zeros(0, H, D)
+        gathered = _gsu_memory(model, e, q, batch, batch.req_pos)
+        logits, ratings = ranker(
+            cand,
+            empty,
+            empty,
+            batch.cand_offsets,
+            torch.zeros(R + 1, dtype=torch.long),
+            ctx,
+            memory=gathered,
+            q=q,
+        )
+        return BatchOutput(logits, ratings, None)
 
     idx, offs = _windows(batch, spec.last_k)
     window = e[idx]
@@ -200,6 +224,43 @@ def _vista_memory(
     mem = tokens.new_empty(int(mem_offs[-1]), d)
     mem = mem.index_put((dest_tok,), tokens.reshape(R * K, d)).index_put((dest_win,), win)
     return mem, mem_offs
+
+
+def _gsu_memory(
+    model: VistaModel, e: torch.Tensor, q: torch.Tensor, batch: TargetBatch, upto: torch.Tensor
+) -> GatheredMemory:
+    """SIM soft search in the causal form: each candidate's top-``gsu_k`` events among the
+    first ``upto[r]`` events of its request's user (raw events: clusters of one, bias 0).
+
+    The search (``CandidateRanker.gsu_scores`` on detached tensors, then top-k) picks;
+    gradients flow through the attention over what it picked. Each request's bank is
+    its candidates' picks back to back, so the kernel's per-request offsets apply.
+    """
+    ranker = model.ranker
+    G = model.spec.gsu_k
+    bank_k, bank_v = ranker.project_memory(model.mark_memory(e))
+    M = q.shape[0]
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    cand_req = torch.repeat_interleave(torch.arange(n_per_req.numel()), n_per_req)
+    cand_user, limit = batch.req_user[cand_req], upto[cand_req]
+    rows = torch.full((M, G), -1, dtype=torch.long)
+    with torch.no_grad():
+        for u in torch.unique(cand_user).tolist():
+            sel = torch.nonzero(cand_user == u).squeeze(1)
+            a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+            g = min(G, int(limit[sel].max()))
+            if g == 0:
+                continue
+            scores = ranker.gsu_scores(q[sel], bank_k[a:b])
+            scores = scores.masked_fill(
+                torch.arange(b - a).unsqueeze(0) >= limit[sel].unsqueeze(1), float("-inf")
+            )
+            top = scores.topk(g, dim=1)
+            rows[sel, :g] = torch.where(torch.isfinite(top.values), a + top.indices, -1)
+    picked = rows.clamp(min=0).reshape(-1)
+    local = (torch.arange(M) - batch.cand_offsets[:-1][cand_req]).unsqueeze(1) * G + torch.arange(G)
+    idx = torch.where(rows >= 0, local, -1)
+    return GatheredMemory(idx, bank_k[picked], bank_v[picked], batch.cand_offsets * G, None)
 
 
 def _full_attention(

@@ -91,6 +91,12 @@ class ModelConfig(_Section):
     )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")
+    gsu_k: int = Field(
+        0,
+        ge=0,
+        description="memory-bank tokens (TWIN-V2 clusters / raw events) each candidate gathers "
+        "through the GSU besides the summary; 0 = off",
+    )
     model_dir: str = "artifacts/model"
 
 

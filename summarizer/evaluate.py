@@ -30,9 +30,13 @@ class Variant:
     recon_weight: float | None = None  # None: the TrainConfig's
 
 
+GSU_K = 32  # memory tokens per candidate in the GSU rows
+
+
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
     def spec(**kw: object) -> ModelSpec:
-        return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+        # The GSU only where a row asks for it (a configured gsu_k would not fit DIN & co.).
+        return dataclasses.replace(base, **{"gsu_k": 0, **kw})  # type: ignore[arg-type]
 
     return [
         Variant("no history", spec(kind="none")),
@@ -53,6 +57,8 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             "VISTA (event values, pooled read-out) K=16",
             spec(kind="vista", num_seeds=16, values="events", readout="pool"),
         ),
+        Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
+        Variant(f"VISTA K=16 + GSU top {GSU_K}", spec(kind="vista", num_seeds=16, gsu_k=GSU_K)),
     ]
 
 
@@ -72,13 +78,22 @@ def online_flops_per_candidate(
     kv_proj = lambda n_tok: 2 * n_tok * 2 * d * d  # noqa: E731
     encode = lambda n_ev: 2 * n_ev * (2 * d * d + 10 * d)  # noqa: E731  encoder MLP + sums
     k = min(spec.last_k, n_history)
+    # GSU: every candidate scores the whole bank (C = n raw events here), then attends to
+    # its top gsu_k; the bank is encoded and projected once per request.
+    gsu = 0.0
+    if spec.gsu_k:
+        gsu = 2 * n_history * d + attend(min(spec.gsu_k, n_history))
+        gsu += (kv_proj(n_history) + encode(n_history)) / m
+    if spec.kind == "sim":
+        return ranker + gsu
     if spec.kind == "none":
         return float(ranker)
     if spec.kind == "mean":
         return ranker + attend(1) + kv_proj(1) / m
     if spec.kind == "vista":
         w = min(spec.recent_window, n_history)
-        return ranker + attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
+        shared = attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
+        return ranker + shared + gsu
     if spec.kind == "din":
         return ranker + attend(k) + (kv_proj(k) + encode(k)) / m
     if spec.kind == "linkedin":

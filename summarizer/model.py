@@ -10,7 +10,16 @@
   cross-attend (append + cross-attention);
 * ``transact`` TransAct-style early fusion: each of the last ``last_k`` events is
   concatenated with the candidate, a transformer layer mixes them, pooled;
-* ``full``    target attention over the entire history (the expensive upper bound).
+* ``full``    target attention over the entire history (the expensive upper bound);
+* ``sim``     SIM soft search: each candidate attends to its own top-``gsu_k`` events of the
+  whole history, chosen by the general search unit (``summarizer.gsu``).
+
+``gsu_k > 0`` on a ``vista`` model adds the general search unit to VISTA: each
+candidate also attends, in the same softmax, to its top-``gsu_k`` tokens of the
+user's memory bank (the events before the summary; served as TWIN-V2 cluster
+tokens with a log(size) bias, a raw event being a cluster of one). The search
+score is the ranker's own attention logit summed over heads (TWIN's consistent
+GSU), so training teaches the search and the attention together.
 
 All share the encoder, item table and ranker, so they differ only in how much
 of the history they can use and at what online cost.
@@ -25,12 +34,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from kernels import GatheredMemory
 from summarizer.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.ranker import CandidateRanker, context_features
 from summarizer.vista import VistaSummarizer
 
-Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full"]
-KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full")
+Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
+KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full", "sim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +63,7 @@ class ModelSpec:
     recent_window: int = 32  # VISTA: raw events since the last summary, attended with the tokens
     candidate_features: int = 0
     rating_head: bool = False
+    gsu_k: int = 0  # memory tokens each candidate gathers (vista: optional; sim: required)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -65,6 +76,17 @@ class ModelSpec:
             )
         if not 1 <= self.num_seeds <= 512:
             raise ValueError(f"num_seeds must be in 1..512, got {self.num_seeds}")
+        if self.gsu_k < 0:
+            raise ValueError(f"gsu_k must be >= 0, got {self.gsu_k}")
+        if self.kind == "sim" and self.gsu_k < 1:
+            raise ValueError("kind 'sim' retrieves per candidate: gsu_k must be >= 1")
+        if self.gsu_k and self.kind not in ("vista", "sim"):
+            raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
+
+    @property
+    def uses_memory_bank(self) -> bool:
+        """Candidates gather top-k tokens from a memory bank (GSU)."""
+        return self.gsu_k > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +150,9 @@ class VistaModel(nn.Module):
         self.history_layer: nn.Module | None = None
         self.fusion: nn.Module | None = None
         self.recent_type = nn.Parameter(torch.zeros(d))
+        # Memory-bank tokens (GSU) are tagged too; only models that use a bank have the tag,
+        # so the weights of models without one are unchanged.
+        self.memory_type = nn.Parameter(torch.zeros(d)) if spec.uses_memory_bank else None
         if spec.kind == "vista":
             self.summarizer = VistaSummarizer(
                 self.encoder,
@@ -168,6 +193,44 @@ class VistaModel(nn.Module):
         """Tag encoded raw events so the ranker can tell them from summary tokens."""
         return encoded + self.recent_type
 
+    def mark_memory(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Tag memory-bank tokens (encoded events, or cluster means of them)."""
+        if self.memory_type is None:
+            raise ValueError("this model has no memory bank (ModelSpec.gsu_k == 0)")
+        return encoded + self.memory_type
+
+    @torch.no_grad()
+    def bank_embeddings(self, events: EventBatch, prev_ts: int | None = None) -> torch.Tensor:
+        """Memory-bank tokens of raw events (n, d): their encodings, as the ranker sees them.
+        TWIN-V2 cluster tokens are means of these (``summarizer.clustering``)."""
+        return self.encoder(events, previous_times(events.ts, prev_ts))
+
+    @torch.no_grad()
+    def gather_bank(
+        self,
+        q: torch.Tensor,
+        bank_tokens: torch.Tensor | None,
+        bank_sizes: torch.Tensor | None = None,
+        gsu_backend: str = "auto",
+    ) -> GatheredMemory | None:
+        """One request's GSU: each candidate's top-``gsu_k`` bank tokens, with log(size) bias.
+
+        q: (m, H, D) the candidates' attention queries; bank_tokens (C, d) unmarked
+        (event encodings or cluster means); bank_sizes (C,) events per token (None: 1 each).
+        """
+        if not self.spec.uses_memory_bank or bank_tokens is None or bank_tokens.shape[0] == 0:
+            return None
+        from summarizer import gsu
+
+        k, v = self.ranker.project_memory(self.mark_memory(bank_tokens.float()))
+        flat_q = q.reshape(q.shape[0], -1).float().numpy()
+        flat_k = k.reshape(k.shape[0], -1).float().numpy()
+        _, idx = gsu.topk(flat_q, flat_k, self.spec.gsu_k, backend=gsu_backend)  # type: ignore[arg-type]
+        bias = None
+        if bank_sizes is not None:
+            bias = torch.log(torch.as_tensor(bank_sizes, dtype=torch.float32).clamp(min=1))
+        return GatheredMemory(torch.from_numpy(idx), k, v, None, bias)
+
     # ---- serving-side helpers (VISTA) ------------------------------------------------------
     def require_summarizer(self) -> VistaSummarizer:
         if self.summarizer is None:
@@ -202,13 +265,27 @@ class VistaModel(nn.Module):
         features: torch.Tensor | None,
         n_events: int,
         hours_since_last: float,
+        bank: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        gsu_backend: str = "auto",
     ) -> torch.Tensor:
-        """Score one request's candidates against its memory tokens (N, d). Logits (m,)."""
+        """Score one request's candidates against its memory tokens (N, d). Logits (m,).
+
+        ``bank``: the user's memory bank (tokens (C, d), sizes (C,) or None) for models with
+        a GSU (``spec.gsu_k``): each candidate also attends to its top-k bank tokens."""
         cand = self.ranker.embed_candidates(item_ids, features)
+        q = self.ranker.queries(cand)
         k, v = self.ranker.project_memory(memory)
         ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
+        gathered = None if bank is None else self.gather_bank(q, bank[0], bank[1], gsu_backend)
         logits, _ = self.ranker(
-            cand, k, v, torch.tensor([0, cand.shape[0]]), torch.tensor([0, k.shape[0]]), ctx
+            cand,
+            k,
+            v,
+            torch.tensor([0, cand.shape[0]]),
+            torch.tensor([0, k.shape[0]]),
+            ctx,
+            memory=gathered,
+            q=q,
         )
         return logits
 

@@ -5,6 +5,11 @@ own request's memory (summary tokens, plus optionally a recent-event window),
 never to other candidates, so scoring m candidates together equals scoring
 each alone. The memory's keys and values (``project_memory``) depend only on
 the user, so they are computed once per request, not per candidate.
+
+With a memory bank (GSU), each candidate also attends, in the same softmax, to
+its own top-k bank tokens (:class:`kernels.GatheredMemory`); the search score
+is the attention logit summed over heads (``gsu_scores``), so the tokens the
+search picks are the ones the attention would weigh most (TWIN's consistency).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from kernels import attention
+from kernels import GatheredMemory, attention
 from summarizer.encoder import ItemEmbedding
 
 N_CONTEXT = 2  # log history length, log hours since the last event
@@ -70,6 +75,16 @@ class CandidateRanker(nn.Module):
         k, v = self.kv(self.mem_norm(memory)).chunk(2, dim=-1)
         return k.reshape(-1, self.heads, self.head_dim), v.reshape(-1, self.heads, self.head_dim)
 
+    def queries(self, cand: torch.Tensor) -> torch.Tensor:
+        """Embedded candidates (M, d) -> attention queries (M, H, D)."""
+        return self.q(cand).view(-1, self.heads, self.head_dim)
+
+    @staticmethod
+    def gsu_scores(q: torch.Tensor, bank_k: torch.Tensor) -> torch.Tensor:
+        """Search scores (M, N): each query's attention logit on each bank key, summed over
+        heads -- one inner product of the flattened (M, H*D) and (N, H*D) matrices."""
+        return q.reshape(q.shape[0], -1) @ bank_k.reshape(bank_k.shape[0], -1).T
+
     def forward(
         self,
         cand: torch.Tensor,
@@ -79,15 +94,27 @@ class CandidateRanker(nn.Module):
         kv_offsets: torch.Tensor,
         context: torch.Tensor,
         kv_bias: torch.Tensor | None = None,
+        memory: GatheredMemory | None = None,
+        q: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Jagged batch of requests -> (logits (M,), ratings (M,) or None).
 
         cand: (M, d) embedded candidates; k, v: (N, H, D) projected memory;
-        offsets (R+1,) for candidates and memory; context (R, 2).
+        offsets (R+1,) for candidates and memory; context (R, 2); ``memory``: each
+        candidate's gathered bank tokens; ``q``: ``queries(cand)`` if already computed
+        (the GSU needs them first).
         """
-        q = self.q(cand).view(-1, self.heads, self.head_dim)
+        if q is None:
+            q = self.queries(cand)
         attn = attention(
-            q, k, v, q_offsets, kv_offsets, kv_bias, scale=1.0 / math.sqrt(self.head_dim)
+            q,
+            k,
+            v,
+            q_offsets,
+            kv_offsets,
+            kv_bias,
+            scale=1.0 / math.sqrt(self.head_dim),
+            memory=memory,
         )
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
         return self.head(cand, attn.reshape(-1, self.dim), per_cand)

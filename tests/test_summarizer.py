@@ -219,19 +219,21 @@ def test_training_path_equals_serving_path(model: VistaModel) -> None:
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "vista+gsu"])
 def test_amortized_equals_per_candidate(kind: str) -> None:
-    """m candidates in one pass score exactly as each candidate alone, for every model kind."""
+    """m candidates in one pass score exactly as each candidate alone, for every model kind
+    (the GSU ones gather each candidate's own top-k events)."""
     torch.manual_seed(1)
     m = VistaModel(
         ModelSpec(
-            kind=kind,
+            kind=kind.removesuffix("+gsu"),
             num_seeds=8,
             d_model=32,
             num_heads=4,
             feature_dim=8,
             item_buckets=1024,
             last_k=10,
+            gsu_k=4 if kind in ("sim", "vista+gsu") else 0,
         )
     ).eval()
     events = random_events(40, seed=2)
@@ -399,3 +401,93 @@ def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
     assert torch.allclose(tokens, want, atol=1e-5)
     with pytest.raises(ValueError, match="readout must be one of"):
         VistaModel(dataclasses.replace(SMALL, readout="mlp"))
+
+
+@pytest.mark.parametrize("kind", ["vista", "sim"])
+def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> None:
+    """Training's causal SIM search (each candidate's top-k of the events before the summary)
+    scores exactly like serving with those events as the memory bank (clusters of one)."""
+    import dataclasses
+
+    torch.manual_seed(3)
+    model = VistaModel(dataclasses.replace(SMALL, kind=kind, gsu_k=5)).eval()
+    events = random_events(60, seed=4)
+    now = int(events.ts[-1]) + 3600
+    positions = [0, 3, 25, 59]
+    summary_pos = [0, 2, 20, 40] if kind == "vista" else None
+    cands = [[5, 6], [7, 8, 9], [10], [11, 12, 13, 14]]
+    with torch.no_grad():
+        train_logits = forward_targets(
+            model, _one_user_batch(events, positions, cands, now, summary_pos)
+        ).logits
+    served = []
+    w = model.spec.recent_window
+    for i, (p, c) in enumerate(zip(positions, cands, strict=True)):
+        sp = summary_pos[i] if summary_pos else p
+        memory = torch.zeros(0, model.spec.d_model)
+        if model.summarizer is not None:
+            state = model.summarizer.fold(model.summarizer.empty_state(), events.slice(0, sp))
+            first = max(sp, p - w)
+            prev = int(events.ts[first - 1]) if first > 0 else None
+            memory = model.memory(model.summarizer.readout(state), events.slice(first, p), prev)
+        bank = model.bank_embeddings(events.slice(0, sp))
+        hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
+        served.append(
+            model.score_memory(
+                memory,
+                torch.tensor(c),
+                None,
+                p,
+                hours,
+                bank=(bank, torch.ones(sp)),
+                gsu_backend="torch",
+            )
+        )
+    assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
+
+
+def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias() -> None:
+    """A bank changes the scores; the same bank with sizes s scores like the bank's tokens
+    attended with bias log(s) (a cluster of s identical events weighs s times one event)."""
+    import dataclasses
+
+    from kernels import reference
+
+    torch.manual_seed(5)
+    model = VistaModel(dataclasses.replace(SMALL, gsu_k=3)).eval()
+    summ = model.summarizer
+    assert summ is not None
+    tokens = summ.readout(summ.fold(summ.empty_state(), random_events(30, seed=6)))
+    items = torch.tensor([1, 2, 3, 4])
+    bank = model.bank_embeddings(random_events(10, seed=7))
+    sizes = torch.tensor([1, 50, 2, 1, 7, 1, 1, 300, 1, 3])
+    plain = model.score_memory(tokens, items, None, 30, 1.0)
+    with_bank = model.score_memory(
+        tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
+    )
+    assert not torch.allclose(plain, with_bank)
+    # By hand: top-3 by the summed attention logit, one softmax over tokens + picks.
+    r = model.ranker
+    with torch.no_grad():
+        cand = r.embed_candidates(items)
+        q = r.queries(cand)
+        k, v = r.project_memory(tokens)
+        bk, bv = r.project_memory(model.mark_memory(bank))
+        top = r.gsu_scores(q, bk).topk(3, dim=1).indices
+        attn = reference.cross_attention_gathered(
+            q, k, v, top, bk, bv, mem_bias=torch.log(sizes.float()), scale=1 / (r.head_dim**0.5)
+        )
+        ctx = torch.tensor([[np.log1p(30) / 14.0, np.log1p(1.0) / 10.0]]).float().expand(4, 2)
+        expect, _ = r.head(cand, attn.reshape(4, -1), ctx)
+    assert torch.allclose(with_bank, expect, atol=1e-5)
+
+
+def test_gsu_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="gsu_k must be >= 1"):
+        ModelSpec(kind="sim")
+    with pytest.raises(ValueError, match="gsu_k applies to kinds vista and sim"):
+        ModelSpec(kind="din", gsu_k=4)
+    with pytest.raises(ValueError, match="gsu_k must be >= 0"):
+        ModelSpec(gsu_k=-1)
+    with pytest.raises(ValueError, match="no memory bank"):
+        VistaModel(SMALL).mark_memory(torch.zeros(1, SMALL.d_model))

@@ -89,11 +89,13 @@ def test_batches_cover_every_selected_target_once(small_data: Path) -> None:
     assert seen == sum(len(t) for t in targets)
 
 
-def test_training_reduces_loss_and_learns(small_data: Path) -> None:
+@pytest.mark.parametrize("gsu_k", [0, 4])
+def test_training_reduces_loss_and_learns(small_data: Path, gsu_k: int) -> None:
+    """VISTA alone, and VISTA with the GSU (trained through its gathered attention)."""
     hist = load_histories(small_data)
     t1, t2 = temporal_split(small_data)
     torch.manual_seed(0)
-    model = VistaModel(TINY)
+    model = VistaModel(dataclasses.replace(TINY, gsu_k=gsu_k))
     targets = select_targets(hist, Window(-(2**62), t1), 24, np.random.default_rng(5))
     batch = next(
         iter_batches(
@@ -149,6 +151,10 @@ def test_online_cost_model_orders_the_baselines() -> None:
     }
     assert cost["none"] < cost["mean"] < cost["vista"] < cost["full"]
     assert cost["full"] > 100 * cost["vista"]  # full-history attention grows with n; VISTA does not
+    gsu = dataclasses.replace(spec, gsu_k=32)
+    sim = evaluate.online_flops_per_candidate(dataclasses.replace(gsu, kind="sim"), 100_000)
+    vista_gsu = evaluate.online_flops_per_candidate(gsu, 100_000)
+    assert cost["vista"] < vista_gsu and cost["din"] < sim < cost["full"]  # the search grows with n
 
 
 def test_bucketed_reading_covers_every_user_once(small_data: Path) -> None:
