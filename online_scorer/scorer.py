@@ -19,6 +19,12 @@ equals scoring each alone.
 * Tokens made by a model version this scorer does not hold are refused
   (:class:`ModelVersionError`), never mixed: load that model too
   (``add_model``) or wait for the serving tag to move.
+* A model with a GSU (``ModelSpec.gsu_k``) also reads each user's memory bank
+  (TWIN-V2 cluster tokens with sizes, from the store's ``memory_bank`` table,
+  its latest version: banks are refreshed by their own nightly job) and each
+  candidate attends to its top-k bank tokens in the same pass
+  (``memory=False`` turns this off). A bank made by another model version is
+  refused like tokens; a user without a bank is scored from the summary alone.
 * Thread-safe: any number of threads may call ``score`` concurrently.
 * Inputs are checked first; every problem raises :class:`InvalidRequestError`
   (a ``ValueError``) naming it.
@@ -78,6 +84,7 @@ class ScoreResult:
     status: SummaryStatus
     table_version: int
     model_version: str
+    memory_tokens: int = 0  # memory-bank tokens the GSU searched (0: none used)
 
     @property
     def cold_start(self) -> bool:
@@ -108,11 +115,14 @@ class OnlineScorer:
         cache_size: int = 0,
         refresh_interval_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        memory: bool = True,
+        gsu_backend: str = "auto",
     ) -> None:
         if not model_dirs:
             raise ValueError("an OnlineScorer needs at least one model folder")
         self.store, self.clock = store, clock
         self.max_candidates, self.cache_size = int(max_candidates), int(cache_size)
+        self.memory, self.gsu_backend = bool(memory), gsu_backend
         self._models: dict[str, VistaModel] = {}
         self.model_version = self.add_model(model_dirs[0])  # the default (cold-start) model
         for extra in model_dirs[1:]:
@@ -138,6 +148,8 @@ class OnlineScorer:
         cache_size: int = 0,
         extra_model_dirs: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
+        memory: bool = True,
+        gsu_backend: str = "auto",
     ) -> OnlineScorer:
         """Load the model, pin the store's ``serving`` version (refreshed on an interval)."""
         store = SummaryStore(
@@ -153,6 +165,8 @@ class OnlineScorer:
             max_candidates=max_candidates,
             cache_size=cache_size,
             clock=clock,
+            memory=memory,
+            gsu_backend=gsu_backend,
         )
 
     @classmethod
@@ -278,6 +292,38 @@ class OnlineScorer:
             )
         return str(r.model_version), self._models[str(r.model_version)]
 
+    def _banks(
+        self, ids: list[int], versions: list[str]
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Memory banks (tokens, sizes) of the users whose model has a GSU (one store read)."""
+        wanted = [
+            u
+            for u, mv in zip(ids, versions, strict=True)
+            if self.memory and self._models[mv].spec.uses_memory_bank
+        ]
+        if not wanted:
+            return [None] * len(ids)
+        rows = self.store.get_memory_banks(sorted(set(wanted)))
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for u, mv in zip(ids, versions, strict=True):
+            rec = rows.get(u) if u in wanted else None
+            if rec is None:
+                out.append(None)
+                continue
+            if rec.model_version != mv:
+                raise ModelVersionError(
+                    f"user {u}: the memory bank was made by model {rec.model_version[:16]}, "
+                    f"the summary is scored by {mv[:16]}; rebuild the bank (vista job cluster) "
+                    "rather than mixing versions"
+                )
+            out.append(
+                (
+                    torch.from_numpy(np.asarray(rec.tokens, dtype=np.float32)),
+                    torch.from_numpy(np.asarray(rec.sizes, dtype=np.int64)),
+                )
+            )
+        return out
+
     # -- scoring ------------------------------------------------------------------------------
     def score(
         self, user_id: Any, candidate_item_ids: Any, candidate_features: Any = None
@@ -298,9 +344,11 @@ class OnlineScorer:
             uid, items = self._user(req[0]), self._items(req[1])
             parsed.append((uid, items, req[2] if len(req) == 3 else None))
         results, version = self._lookup([p[0] for p in parsed])
+        versions = [self._model_for(r)[0] for r in results]
         groups: dict[str, list[int]] = {}
-        for i, r in enumerate(results):
-            groups.setdefault(self._model_for(r)[0], []).append(i)
+        for i, mv in enumerate(versions):
+            groups.setdefault(mv, []).append(i)
+        banks = self._banks([p[0] for p in parsed], versions)
         out: list[ScoreResult | None] = [None] * len(parsed)
         now = self.clock()
         for mv, idx in groups.items():
@@ -312,9 +360,18 @@ class OnlineScorer:
                 [parsed[i][1] for i in idx],
                 feats,
                 now,
+                [banks[i] for i in idx],
             )
             for i, s in zip(idx, scores, strict=True):
-                out[i] = ScoreResult(parsed[i][0], s, results[i].status, version, mv)
+                bank = banks[i]
+                out[i] = ScoreResult(
+                    parsed[i][0],
+                    s,
+                    results[i].status,
+                    version,
+                    mv,
+                    0 if bank is None else int(bank[0].shape[0]),
+                )
         return [r for r in out if r is not None]
 
     @torch.no_grad()
@@ -325,8 +382,10 @@ class OnlineScorer:
         items: list[torch.Tensor],
         features: list[torch.Tensor | None],
         now: float,
+        banks: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
     ) -> list[np.ndarray]:
-        """The jagged pass: every request's candidates against its own tokens."""
+        """The jagged pass: every request's candidates against its own tokens (and, with a
+        GSU, each candidate's top-k tokens of its request's memory bank)."""
         ranker = model.ranker
         item_ids = torch.cat(items)
         feats = None
@@ -358,7 +417,20 @@ class OnlineScorer:
                 for r in summaries
             ]
         )
-        logits, _ = ranker(cand, k, v, q_offsets, kv_offsets, context_features(n_events, hours))
+        q = ranker.queries(cand)
+        gathered = None
+        if banks is not None:
+            gathered = model.gather_banks(q, q_offsets, list(banks), self.gsu_backend)
+        logits, _ = ranker(
+            cand,
+            k,
+            v,
+            q_offsets,
+            kv_offsets,
+            context_features(n_events, hours),
+            memory=gathered,
+            q=q,
+        )
         probs = torch.sigmoid(logits).numpy().astype(np.float32)
         return [probs[int(a) : int(b)] for a, b in zip(q_offsets[:-1], q_offsets[1:], strict=True)]
 
@@ -369,11 +441,15 @@ class OnlineScorer:
         items = self._items(candidate_item_ids)
         (r,), version = self._lookup([uid])
         mv, model = self._model_for(r)
+        banks = self._banks([uid], [mv])
         now = self.clock()
         scores = np.concatenate(
             [
-                self._forward(model, [r], [items[j : j + 1]], [None], now)[0]
+                self._forward(model, [r], [items[j : j + 1]], [None], now, banks)[0]
                 for j in range(len(items))
             ]
         )
-        return ScoreResult(uid, scores, r.status, version, mv)
+        bank = banks[0]
+        return ScoreResult(
+            uid, scores, r.status, version, mv, 0 if bank is None else int(bank[0].shape[0])
+        )

@@ -206,30 +206,51 @@ class VistaModel(nn.Module):
         return self.encoder(events, previous_times(events.ts, prev_ts))
 
     @torch.no_grad()
-    def gather_bank(
+    def gather_banks(
         self,
         q: torch.Tensor,
-        bank_tokens: torch.Tensor | None,
-        bank_sizes: torch.Tensor | None = None,
+        q_offsets: torch.Tensor,
+        banks: list[tuple[torch.Tensor, torch.Tensor | None] | None],
         gsu_backend: str = "auto",
     ) -> GatheredMemory | None:
-        """One request's GSU: each candidate's top-``gsu_k`` bank tokens, with log(size) bias.
+        """The GSU for a jagged batch of requests: each candidate's top-``gsu_k`` tokens of its
+        own request's memory bank, with bias log(size).
 
-        q: (m, H, D) the candidates' attention queries; bank_tokens (C, d) unmarked
-        (event encodings or cluster means); bank_sizes (C,) events per token (None: 1 each).
+        q: (M, H, D) candidate queries, ``q_offsets`` (R+1,); ``banks[r]``: request r's bank,
+        tokens (C, d) unmarked (event encodings or cluster means) and sizes (C,) (None: one
+        event each), or None. None when the model has no GSU or no request has a bank.
         """
-        if not self.spec.uses_memory_bank or bank_tokens is None or bank_tokens.shape[0] == 0:
+        if not self.spec.uses_memory_bank or not any(
+            b is not None and b[0].shape[0] for b in banks
+        ):
             return None
         from summarizer import gsu
 
-        k, v = self.ranker.project_memory(self.mark_memory(bank_tokens.float()))
-        flat_q = q.reshape(q.shape[0], -1).float().numpy()
-        flat_k = k.reshape(k.shape[0], -1).float().numpy()
-        _, idx = gsu.topk(flat_q, flat_k, self.spec.gsu_k, backend=gsu_backend)  # type: ignore[arg-type]
-        bias = None
-        if bank_sizes is not None:
-            bias = torch.log(torch.as_tensor(bank_sizes, dtype=torch.float32).clamp(min=1))
-        return GatheredMemory(torch.from_numpy(idx), k, v, None, bias)
+        G = self.spec.gsu_k
+        present = [b for b in banks if b is not None and b[0].shape[0]]
+        tokens = torch.cat([b[0].float() for b in present])
+        k, v = self.ranker.project_memory(self.mark_memory(tokens))  # all banks in one matmul
+        flat_k = k.reshape(k.shape[0], -1).numpy()
+        bias = torch.cat(
+            [
+                torch.zeros(b[0].shape[0])
+                if b[1] is None
+                else torch.log(torch.as_tensor(b[1], dtype=torch.float32).clamp(min=1))
+                for b in present
+            ]
+        )
+        idx = torch.full((q.shape[0], G), -1, dtype=torch.long)
+        offsets, start = [0], 0
+        for r, bank in enumerate(banks):
+            c = 0 if bank is None else int(bank[0].shape[0])
+            a, b = int(q_offsets[r]), int(q_offsets[r + 1])
+            if c and b > a:
+                flat_q = q[a:b].reshape(b - a, -1).float().numpy()
+                _, top = gsu.topk(flat_q, flat_k[start : start + c], G, backend=gsu_backend)  # type: ignore[arg-type]
+                idx[a:b, : top.shape[1]] = torch.from_numpy(top)
+            start += c
+            offsets.append(start)
+        return GatheredMemory(idx, k, v, torch.tensor(offsets), bias)
 
     # ---- serving-side helpers (VISTA) ------------------------------------------------------
     def require_summarizer(self) -> VistaSummarizer:
@@ -276,7 +297,7 @@ class VistaModel(nn.Module):
         q = self.ranker.queries(cand)
         k, v = self.ranker.project_memory(memory)
         ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
-        gathered = None if bank is None else self.gather_bank(q, bank[0], bank[1], gsu_backend)
+        gathered = self.gather_banks(q, torch.tensor([0, q.shape[0]]), [bank], gsu_backend)
         logits, _ = self.ranker(
             cand,
             k,

@@ -263,3 +263,119 @@ def test_score_cli(world: dict[str, Any]) -> None:
     assert ((got >= lo - 1e-6) & (got <= hi + 1e-6)).all(), (got, before, after)
     bad = subprocess.run([*cmd, "-3", "1"], capture_output=True, text=True)
     assert bad.returncode == 1 and "negative" in bad.stderr
+
+
+# -- with a memory bank (GSU) -------------------------------------------------------------------
+@pytest.fixture
+def gsu_world(tmp_path: Path) -> dict[str, Any]:
+    """A VISTA + GSU model; summaries for USERS, TWIN-V2 banks (clusters of the same events
+    as the model encodes them) for all of them but user 3."""
+    import dataclasses
+
+    from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.store import memory_bank_schema
+
+    torch.manual_seed(0)
+    model = VistaModel(dataclasses.replace(SPEC, gsu_k=4)).eval()
+    version = artifacts.save(model, tmp_path / "model")
+    model, _ = artifacts.load(tmp_path / "model")
+    clock = Clock()
+    store = SummaryStore(str(tmp_path / "db"), max_age_s=86400, refresh_interval_s=0, clock=clock)
+    recs = _summaries(model, version, USERS, seed=0)
+    store.publish(recs, promote=True)
+    banks = []
+    for u in USERS:
+        if u == 3:
+            continue
+        rng = np.random.default_rng([9, u])
+        n = 40 + 20 * u
+        ev = EventBatch.from_numpy(
+            rng.integers(0, 500, n),
+            np.sort(rng.integers(1_700_000_000, int(T0.timestamp()), n)),
+            rng.integers(0, 4, n),
+            None,
+        )
+        emb = model.bank_embeddings(ev).numpy()
+        bank = cluster_history(
+            emb,
+            ev.item_id.numpy(),
+            ev.action.numpy(),
+            engagement_levels(ev.action.numpy()),
+            ClusterParams(max_cluster_size=8, max_clusters=64),
+        )
+        banks.append(bank.to_record(u, version, T0))
+    store.publish(banks, schema=memory_bank_schema(64, SPEC.d_model, version))
+    scorer = OnlineScorer(
+        store, [str(tmp_path / "model")], max_candidates=64, clock=clock, gsu_backend="torch"
+    )
+    return {
+        "tmp": tmp_path,
+        "model": model,
+        "version": version,
+        "store": store,
+        "clock": clock,
+        "scorer": scorer,
+        "records": {r.user_id: r for r in recs},
+        "banks": {b.user_id: b for b in banks},
+    }
+
+
+def test_scorer_with_memory_equals_the_model_and_each_candidate_alone(
+    gsu_world: dict[str, Any],
+) -> None:
+    w, items = gsu_world, [3, 17, 17, 250, 9999, 0, 42, 43]
+    rec, bank = w["records"][8], w["banks"][8]
+    assert bank.sizes.max() > 1  # real clusters: the log(size) bias is exercised
+    result = w["scorer"].score(8, items)
+    assert result.memory_tokens == len(bank.sizes)
+    tokens = torch.from_numpy(rec.tokens.astype(np.float32))
+    hours = (w["clock"]() - rec.last_ts) / 3600.0
+    expect = w["model"].score_memory(
+        tokens,
+        torch.tensor(items),
+        None,
+        rec.n_events,
+        hours,
+        bank=(torch.from_numpy(bank.tokens.astype(np.float32)), torch.from_numpy(bank.sizes)),
+        gsu_backend="torch",
+    )
+    np.testing.assert_allclose(result.scores, torch.sigmoid(expect).numpy(), atol=1e-6)
+    alone = w["scorer"].score_per_candidate(8, items)
+    np.testing.assert_allclose(result.scores, alone.scores, atol=1e-6)
+    assert alone.memory_tokens == result.memory_tokens
+    # Without the bank the scores are the summary's alone, and they differ.
+    summary_only = w["model"].score_tokens(tokens, torch.tensor(items), None, rec.n_events, hours)
+    assert not np.allclose(result.scores, torch.sigmoid(summary_only).numpy(), atol=1e-4)
+    off = OnlineScorer(w["store"], [str(w["tmp"] / "model")], clock=w["clock"], memory=False).score(
+        8, items
+    )
+    assert off.memory_tokens == 0
+    np.testing.assert_allclose(off.scores, torch.sigmoid(summary_only).numpy(), atol=1e-6)
+
+
+def test_scorer_with_memory_batches_and_handles_users_without_a_bank(
+    gsu_world: dict[str, Any],
+) -> None:
+    scorer = gsu_world["scorer"]
+    requests = [(1, [4, 5, 6]), (3, [4, 8]), (999, [4]), (8, [7, 7, 1, 2]), (1, [9])]
+    batch = scorer.score_batch(requests)
+    for req, got in zip(requests, batch, strict=True):
+        one = scorer.score(*req)
+        assert got.memory_tokens == one.memory_tokens
+        np.testing.assert_allclose(got.scores, one.scores, atol=1e-6)
+    by_user = {r.user_id: r for r in batch}
+    assert by_user[3].memory_tokens == 0 and by_user[999].memory_tokens == 0  # no bank
+    assert by_user[8].memory_tokens == len(gsu_world["banks"][8].sizes)
+
+
+def test_a_memory_bank_of_another_model_is_refused(gsu_world: dict[str, Any]) -> None:
+    from summarizer.store import MemoryBankRecord, memory_bank_schema
+
+    w = gsu_world
+    other = MemoryBankRecord(
+        5, "0" * 64, np.ones((3, SPEC.d_model), np.float16), np.array([1, 2, 3]), T0
+    )
+    w["store"].publish([other], schema=memory_bank_schema(64, SPEC.d_model, "0" * 64))
+    with pytest.raises(ModelVersionError, match="memory bank was made by model 0000"):
+        w["scorer"].score(5, [1, 2])
+    assert w["scorer"].score(1, [1, 2]).memory_tokens > 0  # other users unaffected
