@@ -130,6 +130,7 @@ class OnlineScorer:
         spec = self._models[self.model_version].spec
         self.reader: SummaryReader = store.open_reader(refresh_interval_s=refresh_interval_s)
         self.reader.expect_shape(spec.num_seeds, spec.d_model)
+        self.bank_reader = store.open_bank_reader(refresh_interval_s=refresh_interval_s)
         self._cache: collections.OrderedDict[int, SummaryResult] = collections.OrderedDict()
         self._cache_version = self.reader.version
         self._cache_lock = threading.Lock()
@@ -303,7 +304,7 @@ class OnlineScorer:
         ]
         if not wanted:
             return [None] * len(ids)
-        rows = self.store.get_memory_banks(sorted(set(wanted)))
+        rows = self.bank_reader.get(sorted(set(wanted)))
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for u, mv in zip(ids, versions, strict=True):
             rec = rows.get(u) if u in wanted else None

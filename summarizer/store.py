@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from summarizer.config import StoreConfig
+from summarizer.store_banks import MemoryBankReader
 from summarizer.store_errors import (
     ConcurrentWriteError,
     DuplicateUserError,
@@ -91,6 +92,7 @@ __all__ = [
     "DuplicateUserError",
     "InvalidUserIdError",
     "MaintenanceResult",
+    "MemoryBankReader",
     "MemoryBankRecord",
     "NoServingVersionError",
     "PublishResult",
@@ -244,6 +246,11 @@ class SummaryStore:
             version=version,
         )
 
+    def open_bank_reader(self, *, refresh_interval_s: float | None = None) -> MemoryBankReader:
+        """An online reader of the memory banks (latest version, re-checked on an interval)."""
+        interval = self.refresh_interval_s if refresh_interval_s is None else refresh_interval_s
+        return MemoryBankReader(self.location, refresh_interval_s=interval, clock=self.clock)
+
     def get(self, user_ids: Any, *, version: int | None = None) -> SummaryBatch:
         """Summaries of one id or many in one read: the serving version, else the latest.
 
@@ -282,7 +289,8 @@ class SummaryStore:
         return self.location.open(table).version if self.exists(table) else None
 
     def get_memory_banks(self, user_ids: Any) -> dict[int, MemoryBankRecord]:
-        """The latest memory-bank rows of these users (missing users absent)."""
+        """The latest memory-bank rows of these users (missing users absent); a filtered
+        scan, for jobs and tools (online: ``open_bank_reader``)."""
         if not self.exists(MEMORY_BANK):
             return {}
         rows = self._read_table(MEMORY_BANK, user_ids)

@@ -345,3 +345,38 @@ def test_reference_batched_gradients_match_per_request() -> None:
     for got, want in ((q.grad, q2.grad), (k.grad, k2.grad), (v.grad, v2.grad)):
         assert got is not None and want is not None and torch.isfinite(got).all()
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("k_len", "mem_len", "gather"), [(50, 11, 5), (0, 11, 5), (13, 0, 3), (20, 40, 40)]
+)
+def test_gathered_one_request_path_equals_the_padded_batch_path(
+    k_len: int, mem_len: int, gather: int
+) -> None:
+    """The single-request layout (serving) gives what the jagged padded form gives for the
+    same request followed by an empty one (shared tokens or bank possibly empty, bias, -1)."""
+    b = make_batch(
+        [30], [k_len], 2, 16, torch.float64, bias=True, gather=gather, mem_lens=[mem_len]
+    )
+    one = cross_attention_gathered(
+        b.q, b.k, b.v, b.idx, b.mem_k, b.mem_v, kv_bias=b.kv_bias, mem_bias=b.mem_bias
+    )
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # a second, empty request
+        return torch.cat([t, t[-1:]])
+
+    padded = cross_attention_gathered(
+        b.q,
+        b.k,
+        b.v,
+        b.idx,
+        b.mem_k,
+        b.mem_v,
+        pad(b.q_offsets),
+        pad(b.kv_offsets),
+        pad(b.mem_offsets),
+        kv_bias=b.kv_bias,
+        mem_bias=b.mem_bias,
+    )
+    torch.testing.assert_close(one, padded, atol=1e-12, rtol=1e-12)
+    assert torch.isfinite(one).all()
