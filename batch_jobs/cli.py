@@ -1,4 +1,4 @@
-"""`vista job validate|summarize|publish`: the batch jobs from the command line.
+"""`vista job validate|summarize|publish|cluster`: the batch jobs from the command line.
 
 The same parser serves ``spark-submit batch_jobs/submit.py JOB ...`` (then the
 submitter's master and conf win over the ``[spark]`` config section). Each job
@@ -55,6 +55,16 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
                 spark, cfg, mode=mode, day=args.date, model_dir=args.model, run_dir=args.run_dir
             )
             report_path = args.report
+        elif args.job == "cluster":
+            spark = _session(cfg, args)
+            report = jobs.run_cluster(
+                spark,
+                cfg,
+                mode="full" if args.full else "incremental",
+                day=args.date,
+                model_dir=args.model,
+            )
+            report_path = args.report
         else:
             if args.run_dir:
                 run_dir = args.run_dir
@@ -72,7 +82,9 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    job = subparsers.add_parser("job", help="Spark batch jobs: validate, summarize, publish")
+    job = subparsers.add_parser(
+        "job", help="Spark batch jobs: validate, summarize, publish, cluster"
+    )
     # Set by batch_jobs/submit.py: keep spark-submit's master and conf.
     job.add_argument("--submitted", action="store_true", help=argparse.SUPPRESS)
     sub = job.add_subparsers(dest="job", required=True, metavar="JOB")
@@ -103,5 +115,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pub.add_argument("--promote", action="store_true", help="then move the serving tag to it")
     pub.add_argument("--report", help="also write the report here")
 
-    for p in (val, sm, pub):
+    cl = sub.add_parser(
+        "cluster", help="TWIN-V2 memory banks for the GSU: build (full) or add a day, one commit"
+    )
+    how = cl.add_mutually_exclusive_group(required=True)
+    how.add_argument("--full", action="store_true", help="every valid day (up to --date)")
+    how.add_argument("--incremental", action="store_true", help="add --date to each stored bank")
+    cl.add_argument("--date", help="YYYY-MM-DD (incremental: required; full: last day)")
+    cl.add_argument("--model", help="model folder (default: model.model_dir)")
+    cl.add_argument("--report", help="also write the report here")
+
+    for p in (val, sm, pub, cl):
         p.set_defaults(func=_run)

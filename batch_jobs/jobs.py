@@ -1,10 +1,13 @@
-"""The batch jobs: validate a day, summarize (full or one day incremental), publish.
+"""The batch jobs: validate a day, summarize (full or one day incremental), publish, cluster.
 
     validate  --day D              events/dt=D -> valid/dt=D + quarantine/dt=D (reasons, counts)
     summarize --full [--through D] every valid day (<= D) -> per-user state + tokens, staged
     summarize --incremental --date D
                                    valid/dt=D folded into each affected user's stored state
     publish   --run-dir R          one commit per table makes run R's staged rows visible
+    cluster   --full | --incremental --date D
+                                   TWIN-V2 memory banks (GSU): whole histories, or day D
+                                   added to each stored bank; staged, then one commit
 
 Summarize writes nothing visible: its workers stage lance fragments for the
 ``state`` and ``summaries`` tables and the driver records them, with the
@@ -28,6 +31,7 @@ Every job returns a report (dict) that the CLI prints and writes as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -54,7 +58,7 @@ from summarizer.events import (
     list_days,
     write_day,
 )
-from summarizer.store import STATE, SUMMARIES, StagedFragments, SummaryStore
+from summarizer.store import MEMORY_BANK, STATE, SUMMARIES, StagedFragments, SummaryStore
 from summarizer.store_schema import model_version_of
 from summarizer.validation import REASONS, check_schema, reference_time
 
@@ -490,4 +494,144 @@ def run_publish(
         report["serving_version"] = store.promote(report["summaries_version"])
     report["seconds"] = round(time.perf_counter() - t0, 3)
     _write_json(Path(run_dir) / "publish.json", report)
+    return report
+
+
+# -- cluster (memory banks) ---------------------------------------------------------------------
+def _cluster_pass(
+    spark: SparkSession, events: DataFrame, params: Any, parts: int
+) -> tuple[list[StagedFragments], list[int], Any]:
+    """One mapInArrow pass of the cluster worker: staged banks, users to re-cluster, stats."""
+    from batch_jobs.cluster import ClusterStats, cluster_partition
+
+    rows = (
+        events.repartition(parts, "user_id")
+        .sortWithinPartitions(*FOLD_ORDER)
+        .mapInArrow(functools.partial(cluster_partition, params=params), _ddl(OUTPUT_SCHEMA))
+        .collect()  # small: fragment metadata, counters and user ids, never banks
+    )
+    stats, staged, recluster = ClusterStats(), [], []
+    for r in rows:
+        if r["kind"] == "stats":
+            stats.add(ClusterStats(**json.loads(r["payload"])))
+        elif r["kind"] == "recluster":
+            recluster.extend(json.loads(r["payload"]))
+        else:
+            staged.append(StagedFragments.from_json(r["payload"]))
+    return staged, sorted(recluster), stats
+
+
+def run_cluster(
+    spark: SparkSession,
+    cfg: VistaConfig,
+    *,
+    mode: str,
+    day: str | None = None,
+    model_dir: str | None = None,
+    fail_after_users: int | None = None,
+) -> dict[str, Any]:
+    """Build (full) or extend (incremental, one day) every user's memory bank; one commit.
+
+    Incremental: users whose bank would break its bounds, or who have none, are
+    re-clustered from all their valid days up to ``day`` in a second pass. Nothing is
+    visible until the single commit at the end, so a failed run leaves the table as it
+    was; a bank already through ``day`` is skipped, so a rerun commits nothing.
+    """
+    from pyspark.sql import functions as F
+
+    from batch_jobs.cluster import ClusterJobParams
+    from summarizer import artifacts
+    from summarizer.clustering import ClusterParams
+
+    t0 = time.perf_counter()
+    if mode not in ("full", "incremental"):
+        raise JobError(f"mode must be 'full' or 'incremental', got {mode!r}")
+    model_dir = model_dir or cfg.model.model_dir
+    model, model_version = artifacts.load(model_dir)
+    model.require_summarizer()
+    if not model.spec.uses_memory_bank:
+        raise JobError(
+            f"model {model_version[:12]} has no GSU (model.gsu_k = 0): its scorer reads no "
+            "memory banks; train one with model.gsu_k > 0 first"
+        )
+    store = SummaryStore.from_config(cfg.store)
+    valid_days = list_days(cfg.data.valid_dir)
+    if not valid_days:
+        raise FileNotFoundError(f"no validated days under {cfg.data.valid_dir}; validate first")
+    base = None
+    if mode == "incremental":
+        if day is None:
+            raise JobError("cluster --incremental needs --date YYYY-MM-DD")
+        _check_day(day)
+        if day not in valid_days:
+            raise FileNotFoundError(f"no validated partition for {day} under {cfg.data.valid_dir}")
+        base = store.latest_version(MEMORY_BANK)
+        if base is None:
+            raise JobError("no memory banks yet: run `vista job cluster --full` first")
+        days = [day]
+    else:
+        day = _check_day(day) if day is not None else valid_days[-1]
+        days = [d for d in valid_days if d <= day]
+    m = cfg.memory
+    params = ClusterJobParams(
+        model_dir=str(Path(model_dir).resolve()) if _is_local(model_dir) else model_dir,
+        model_version=model_version,
+        store_uri=store.uri,
+        storage_options=dict(cfg.store.storage_options),
+        updated_at=_end_of_day(day),
+        through_day=dt.date.fromisoformat(day),
+        base_version=base,
+        incremental=mode == "incremental",
+        cluster=ClusterParams(
+            max_cluster_size=m.max_cluster_size,
+            max_clusters=m.max_clusters,
+            branching=m.branching,
+            iterations=m.iterations,
+            seed=m.seed,
+        ),
+        users_per_flush=m.users_per_flush,
+        fail_after_users=fail_after_users,
+    )
+    parts = cfg.spark.partitions or 2 * spark.sparkContext.defaultParallelism
+    staged, recluster, stats = _cluster_pass(
+        spark, _read_valid(spark, cfg.data.valid_dir, days), params, parts
+    )
+    if recluster:  # their whole history, from every valid day up to this one
+        ids = spark.createDataFrame([(u,) for u in recluster], "user_id long")
+        history = _read_valid(spark, cfg.data.valid_dir, [d for d in valid_days if d <= day])
+        more, _, again = _cluster_pass(
+            spark,
+            history.join(F.broadcast(ids), "user_id"),
+            dataclasses.replace(params, incremental=False, base_version=None),
+            parts,
+        )
+        staged += more
+        stats.clustered += again.clustered
+        stats.clusters += again.clusters
+        stats.max_events_held = max(stats.max_events_held, again.max_events_held)
+    report: dict[str, Any] = {
+        "job": "cluster",
+        "mode": mode,
+        "day": day,
+        "days": len(days),
+        "model_version": model_version,
+        "base_version": base,
+        "rows_read": stats.events,
+        "users": stats.users,
+        "users_clustered": stats.clustered,
+        "users_appended": stats.appended,
+        "users_reclustered": len(recluster),
+        "users_already_through_day": stats.skipped,
+        "clusters_written": stats.clusters,
+        "max_events_held": stats.max_events_held,
+    }
+    if staged:
+        result = store.commit_upsert(MEMORY_BANK, staged)
+        report.update(status="published", version=result.version, rows=result.rows)
+    else:
+        report.update(status="unchanged", version=store.latest_version(MEMORY_BANK))
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["events_per_s"] = round(stats.events / report["seconds"]) if report["seconds"] else None
+    out = default_run_dir(cfg, f"cluster-{mode}", day)
+    _write_json(out / "cluster.json", report)
     return report

@@ -9,7 +9,9 @@ Nightly, for event day D:
   partition_ready -> validate (fails above ``pipeline.max_quarantine_share``)
   -> summarize --incremental -> publish -> check_summaries (coverage of D's
   active users, finite tokens, token-norm drift vs the serving version)
-  -> promote (move ``serving``) -> compact (clean old untagged versions).
+  -> promote (move ``serving``) -> cluster (``memory.enabled``: the day joins
+  each active user's memory bank; the first run builds them all) -> compact
+  (clean old untagged versions).
 
 Retrain: train_candidate -> compare_with_serving (same test window; refuses a
 model more than ``pipeline.retrain_margin`` AUC below serving) -> full
@@ -84,6 +86,19 @@ def publish(cfg: VistaConfig, run_dir: str) -> dict[str, Any]:
     from batch_jobs import jobs
 
     return jobs.run_publish(cfg, run_dir)
+
+
+def cluster(cfg: VistaConfig, day: str) -> dict[str, Any]:
+    """Add day D to every active user's memory bank (``memory.enabled``), or build the
+    banks from the whole history the first time; a no-op when memory is disabled."""
+    from batch_jobs import jobs
+    from summarizer.store import MEMORY_BANK
+
+    if not cfg.memory.enabled:
+        return {"job": "cluster", "status": "disabled", "reason": "memory.enabled is false"}
+    store = SummaryStore.from_config(cfg.store)
+    mode = "incremental" if store.exists(MEMORY_BANK) else "full"
+    return jobs.run_cluster(_session(cfg), cfg, mode=mode, day=day)
 
 
 def _tokens(

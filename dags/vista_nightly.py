@@ -3,7 +3,10 @@
 One run per event day D (the run's data interval is day D, so the run for D
 starts after D ends; ``airflow dags test vista_nightly D`` runs it now):
 
-    wait_for_events -> validate -> summarize -> publish -> check -> promote -> compact
+    wait_for_events -> validate -> summarize -> publish -> check -> promote -> cluster -> compact
+
+``cluster`` adds the day to every active user's TWIN-V2 memory bank (for the
+GSU) when ``memory.enabled`` is set in the config, and does nothing otherwise.
 
 Every task is idempotent for its day: a second run of D finds D in the run
 ledger and changes nothing. Runs go strictly in date order
@@ -125,17 +128,24 @@ def vista_nightly() -> None:
         return pipeline.promote_day(pipeline.config(), day, checked["version"])
 
     @task
-    def compact(served: dict[str, Any]) -> list[dict[str, Any]]:
+    def cluster(day: str, served: dict[str, Any]) -> dict[str, Any]:
         from batch_jobs import pipeline
 
         log.info("serving version %s (moved: %s)", served["serving_version"], served["moved"])
+        return pipeline.cluster(pipeline.config(), day)
+
+    @task
+    def compact(clustered: dict[str, Any]) -> list[dict[str, Any]]:
+        from batch_jobs import pipeline
+
+        log.info("memory banks: %s", clustered.get("status"))
         return pipeline.compact(pipeline.config())
 
     day = wait_for_events()
     validated = validate(day)
     staged = summarize(day, validated)
     published = publish(staged)
-    compact(promote(day, check(day, published)))
+    compact(cluster(day, promote(day, check(day, published))))
 
 
 vista_nightly()

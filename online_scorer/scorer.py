@@ -23,8 +23,11 @@ equals scoring each alone.
   (TWIN-V2 cluster tokens with sizes, from the store's ``memory_bank`` table,
   its latest version: banks are refreshed by their own nightly job) and each
   candidate attends to its top-k bank tokens in the same pass
-  (``memory=False`` turns this off). A bank made by another model version is
-  refused like tokens; a user without a bank is scored from the summary alone.
+  (``memory=False`` turns this off). A user without a bank, or whose bank was
+  made by another model version (right after a retrain, until the cluster
+  job rebuilds it), is scored from the summary alone -- never with tokens of
+  two models -- and the result says so (``memory_tokens == 0``,
+  ``memory_skipped``).
 * Thread-safe: any number of threads may call ``score`` concurrently.
 * Inputs are checked first; every problem raises :class:`InvalidRequestError`
   (a ``ValueError``) naming it.
@@ -85,6 +88,7 @@ class ScoreResult:
     table_version: int
     model_version: str
     memory_tokens: int = 0  # memory-bank tokens the GSU searched (0: none used)
+    memory_skipped: bool = False  # the user's bank was made by another model: not used
 
     @property
     def cold_start(self) -> bool:
@@ -295,35 +299,33 @@ class OnlineScorer:
 
     def _banks(
         self, ids: list[int], versions: list[str]
-    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Memory banks (tokens, sizes) of the users whose model has a GSU (one store read)."""
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], list[bool]]:
+        """Memory banks (tokens, sizes) of the users whose model has a GSU (one store read),
+        and which users' banks were skipped for being another model's."""
         wanted = [
             u
             for u, mv in zip(ids, versions, strict=True)
             if self.memory and self._models[mv].spec.uses_memory_bank
         ]
         if not wanted:
-            return [None] * len(ids)
+            return [None] * len(ids), [False] * len(ids)
         rows = self.bank_reader.get(sorted(set(wanted)))
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        skipped = []
         for u, mv in zip(ids, versions, strict=True):
             rec = rows.get(u) if u in wanted else None
-            if rec is None:
+            mismatch = rec is not None and rec.model_version != mv
+            skipped.append(mismatch)
+            if rec is None or mismatch:
                 out.append(None)
                 continue
-            if rec.model_version != mv:
-                raise ModelVersionError(
-                    f"user {u}: the memory bank was made by model {rec.model_version[:16]}, "
-                    f"the summary is scored by {mv[:16]}; rebuild the bank (vista job cluster) "
-                    "rather than mixing versions"
-                )
             out.append(
                 (
                     torch.from_numpy(np.asarray(rec.tokens, dtype=np.float32)),
                     torch.from_numpy(np.asarray(rec.sizes, dtype=np.int64)),
                 )
             )
-        return out
+        return out, skipped
 
     # -- scoring ------------------------------------------------------------------------------
     def score(
@@ -349,7 +351,7 @@ class OnlineScorer:
         groups: dict[str, list[int]] = {}
         for i, mv in enumerate(versions):
             groups.setdefault(mv, []).append(i)
-        banks = self._banks([p[0] for p in parsed], versions)
+        banks, skipped = self._banks([p[0] for p in parsed], versions)
         out: list[ScoreResult | None] = [None] * len(parsed)
         now = self.clock()
         for mv, idx in groups.items():
@@ -372,6 +374,7 @@ class OnlineScorer:
                     version,
                     mv,
                     0 if bank is None else int(bank[0].shape[0]),
+                    skipped[i],
                 )
         return [r for r in out if r is not None]
 
@@ -442,7 +445,7 @@ class OnlineScorer:
         items = self._items(candidate_item_ids)
         (r,), version = self._lookup([uid])
         mv, model = self._model_for(r)
-        banks = self._banks([uid], [mv])
+        banks, skipped = self._banks([uid], [mv])
         now = self.clock()
         scores = np.concatenate(
             [
@@ -452,5 +455,11 @@ class OnlineScorer:
         )
         bank = banks[0]
         return ScoreResult(
-            uid, scores, r.status, version, mv, 0 if bank is None else int(bank[0].shape[0])
+            uid,
+            scores,
+            r.status,
+            version,
+            mv,
+            0 if bank is None else int(bank[0].shape[0]),
+            skipped[0],
         )

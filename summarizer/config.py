@@ -182,6 +182,20 @@ class PipelineConfig(_Section):
     candidates_dir: str = Field("artifacts/candidates", description="retrained models")
 
 
+class MemoryConfig(_Section):
+    """TWIN-V2 memory banks for the GSU (summarizer/clustering.py, `vista job cluster`)."""
+
+    enabled: bool = Field(
+        False, description="the nightly DAG adds the day to every active user's memory bank"
+    )
+    max_cluster_size: int = Field(256, ge=1, description="gamma: most events per cluster")
+    max_clusters: int = Field(1000, ge=1, description="C: most cluster tokens per user")
+    branching: int = Field(32, ge=2, description="most children per k-means split")
+    iterations: int = Field(10, ge=1, description="k-means iterations per split")
+    seed: int = 0
+    users_per_flush: int = Field(256, ge=1, description="banks staged per lance fragment")
+
+
 class VistaConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -190,6 +204,7 @@ class VistaConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
 
 class ConfigError(ValueError):

@@ -288,12 +288,15 @@ class SummaryStore:
         """The table's latest committed version (None: no such table yet)."""
         return self.location.open(table).version if self.exists(table) else None
 
-    def get_memory_banks(self, user_ids: Any) -> dict[int, MemoryBankRecord]:
-        """The latest memory-bank rows of these users (missing users absent); a filtered
-        scan, for jobs and tools (online: ``open_bank_reader``)."""
-        if not self.exists(MEMORY_BANK):
+    def get_memory_banks(
+        self, user_ids: Any, *, version: int | None = None
+    ) -> dict[int, MemoryBankRecord]:
+        """Memory-bank rows of these users (missing users absent), with their batch state:
+        the latest version or ``version``. A filtered scan, for jobs and tools (online:
+        ``open_bank_reader``)."""
+        if version is None and not self.exists(MEMORY_BANK):
             return {}
-        rows = self._read_table(MEMORY_BANK, user_ids)
+        rows = self._read_table(MEMORY_BANK, user_ids, version)
         return {r.user_id: r for r in memory_banks_from_table(rows)}
 
     # -- versions --------------------------------------------------------------------------

@@ -100,6 +100,18 @@ class MemoryBankRecord:
     tokens: np.ndarray  # (c, d) float16, c <= C
     sizes: np.ndarray  # (c,) int64
     updated_at: dt.datetime
+    # Batch only (None when not read or not kept): what an incremental day needs.
+    levels: np.ndarray | None = None  # (c,) engagement level of each cluster
+    rep_item: np.ndarray | None = None  # (c,) item of the member nearest the centroid
+    rep_action: np.ndarray | None = None  # (c,) its action
+    sums: np.ndarray | None = None  # (c, d) float64 member sums (exact means under additions)
+    n_events: int | None = None
+    last_ts: int | None = None
+    through_day: dt.date | None = None
+
+    @property
+    def has_batch_state(self) -> bool:
+        return self.sums is not None and self.levels is not None
 
 
 def _timestamps(values: Sequence[dt.datetime], name: str) -> pa.Array:
@@ -248,10 +260,16 @@ def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
     ]
 
 
+_BANK_LISTS = ("levels", "rep_item", "rep_action")
+
+
 def memory_banks_to_batch(
     records: Sequence[MemoryBankRecord], C: int, d: int, model_version: str | None = None
 ) -> pa.RecordBatch:
-    """Records -> one record batch with the memory-bank schema (capacity C, width d)."""
+    """Records -> one record batch with the memory-bank schema (capacity C, width d).
+
+    The batch-only columns are written for every record or for none (a job writes
+    one kind): mixing would leave some users unable to take an incremental day."""
     if not records and model_version is None:
         raise SchemaMismatchError("an empty batch needs model_version")
     mv = _one_model_version(records, model_version)
@@ -280,33 +298,112 @@ def memory_banks_to_batch(
         token_lists,
         pa.ListArray.from_arrays(offsets, size_flat, type=pa.list_(pa.int64())),
         _timestamps([r.updated_at for r in records], "updated_at"),
+        *_bank_batch_columns(records, offsets, counts, d, schema),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def memory_banks_from_table(table: pa.Table | pa.RecordBatch) -> list[MemoryBankRecord]:
-    """Rows -> records. Tokens and sizes are sliced out of each column's flat numpy values
-    (``to_pylist`` of 10^3 nested tokens cost ~30 ms a user here)."""
-    _, d = memory_bank_shape(table.schema)
-    tok_col, size_col = table.column("tokens"), table.column("sizes")
-    if isinstance(tok_col, pa.ChunkedArray):
-        tok_col, size_col = tok_col.combine_chunks(), size_col.combine_chunks()
-    # Per-row offsets into the flattened lists (flatten() respects slicing).
-    starts = np.asarray(tok_col.offsets.to_numpy(), dtype=np.int64)
+def _bank_batch_columns(
+    records: Sequence[MemoryBankRecord],
+    offsets: pa.Array,
+    counts: np.ndarray,
+    d: int,
+    schema: pa.Schema,
+) -> list[pa.Array]:
+    """The batch-only columns: all null, or every record's values (checked against c)."""
+    names = [*_BANK_LISTS, "sums", "n_events", "last_ts", "through_day"]
+    kept = [r.has_batch_state for r in records]
+    if not any(kept):
+        return [pa.nulls(len(records), schema.field(n).type) for n in names]
+    if not all(kept):
+        raise SchemaMismatchError(
+            "some memory-bank records carry their batch state (levels, sums) and some do "
+            "not; write one kind per batch"
+        )
+    out = []
+    for name in _BANK_LISTS:
+        parts = []
+        for i, r in enumerate(records):
+            v = np.asarray(getattr(r, name), dtype=np.int64).reshape(-1)
+            if len(v) != counts[i + 1]:
+                raise SchemaMismatchError(
+                    f"user {r.user_id}: {len(v)} {name} for {counts[i + 1]} clusters"
+                )
+            parts.append(v)
+        out.append(pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(parts))))
+    sums = []
+    for i, r in enumerate(records):
+        v = np.asarray(r.sums, dtype=np.float64)
+        if v.shape != (counts[i + 1], d):
+            raise SchemaMismatchError(
+                f"user {r.user_id}: sums {v.shape}, expected ({counts[i + 1]}, {d})"
+            )
+        sums.append(v)
+    out.append(
+        pa.ListArray.from_arrays(
+            offsets,
+            _fixed_lists(np.concatenate(sums), d, np.float64),
+            type=schema.field("sums").type,
+        )
+    )
+    out.append(pa.array([r.n_events for r in records], type=pa.int64()))
+    out.append(pa.array([r.last_ts for r in records], type=pa.int64()))
+    out.append(pa.array([r.through_day for r in records], type=pa.date32()))
+    return out
+
+
+def _list_rows(column: Any, dtype: Any, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A list column -> (flat numpy values, per-row start offsets (rows+1,))."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    starts = np.asarray(column.offsets.to_numpy(), dtype=np.int64)
     starts = starts - starts[0]
-    flat_tokens = fixed_list_values(tok_col.flatten(), np.float16).reshape(-1, d)
-    flat_sizes = np.asarray(size_col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    size_starts = np.asarray(size_col.offsets.to_numpy(), dtype=np.int64)
-    size_starts = size_starts - size_starts[0]
+    values = column.flatten()  # respects slicing
+    if width:
+        flat = fixed_list_values(values, dtype).reshape(-1, width)
+    else:
+        flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
+    return flat, starts
+
+
+def memory_banks_from_table(table: pa.Table | pa.RecordBatch) -> list[MemoryBankRecord]:
+    """Rows -> records. Lists are sliced out of each column's flat numpy values
+    (``to_pylist`` of 10^3 nested tokens cost ~30 ms a user here). The batch-only
+    columns are read when the table has them and they are not null."""
+    _, d = memory_bank_shape(table.schema)
+    n = table.num_rows
+    tokens, t_at = _list_rows(table.column("tokens"), np.float16, d)
+    sizes, s_at = _list_rows(table.column("sizes"), np.int64)
     cols = {name: table.column(name).to_pylist() for name in ("user_id", "model_version")}
     stamps = table.column("updated_at").to_pylist()
+    names = table.schema.names
+    batch: dict[str, Any] = {}
+    if "sums" in names and table.column("sums").null_count < n:
+        for name in _BANK_LISTS:
+            batch[name] = _list_rows(table.column(name), np.int64)
+        batch["sums"] = _list_rows(table.column("sums"), np.float64, d)
+        for name in ("n_events", "last_ts", "through_day"):
+            batch[name] = table.column(name).to_pylist()
+
+    def extra(i: int) -> dict[str, Any]:
+        if not batch or batch["n_events"][i] is None:
+            return {}
+        out: dict[str, Any] = {}
+        for name in (*_BANK_LISTS, "sums"):
+            flat, at = batch[name]
+            out[name] = flat[at[i] : at[i + 1]].copy()
+        for name in ("n_events", "last_ts", "through_day"):
+            out[name] = batch[name][i]
+        return out
+
     return [
         MemoryBankRecord(
             cols["user_id"][i],
             cols["model_version"][i],
-            flat_tokens[starts[i] : starts[i + 1]].copy(),
-            flat_sizes[size_starts[i] : size_starts[i + 1]].copy(),
+            tokens[t_at[i] : t_at[i + 1]].copy(),
+            sizes[s_at[i] : s_at[i + 1]].copy(),
             stamps[i],
+            **extra(i),
         )
-        for i in range(table.num_rows)
+        for i in range(n)
     ]

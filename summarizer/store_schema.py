@@ -8,7 +8,10 @@ Three tables, one row per user each (the key is ``user_id``):
 - ``state`` (batch only): the summarizer's running state, float64, flattened;
   its shape is in the schema metadata.
 - ``memory_bank`` (optional, for the GSU): up to C cluster tokens of width d
-  per user, with the cluster sizes.
+  per user, with the cluster sizes (what the scorer reads), plus what the
+  nightly cluster job needs to add a day without re-clustering (batch only,
+  nullable): each cluster's engagement level, representative item/action and
+  float64 member sum, the user's event count, last event time and last day.
 """
 
 from __future__ import annotations
@@ -90,6 +93,14 @@ def memory_bank_schema(C: int, d: int, model_version: str) -> pa.Schema:
             pa.field("tokens", pa.list_(pa.list_(pa.float16(), d)), nullable=False),
             pa.field("sizes", pa.list_(pa.int64()), nullable=False),
             pa.field("updated_at", UTC_US, nullable=False),
+            # Batch only (the incremental cluster job); online reads skip these columns.
+            pa.field("levels", pa.list_(pa.int64())),
+            pa.field("rep_item", pa.list_(pa.int64())),
+            pa.field("rep_action", pa.list_(pa.int64())),
+            pa.field("sums", pa.list_(pa.list_(pa.float64(), d))),
+            pa.field("n_events", pa.int64()),
+            pa.field("last_ts", pa.int64()),
+            pa.field("through_day", pa.date32()),
         ],
         metadata=_meta(MEMORY_BANK, model_version, **{META_C: str(C), META_D: str(d)}),
     )

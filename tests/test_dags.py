@@ -33,6 +33,7 @@ MODEL = {
     "feature_dim": 8,
     "num_layers": 1,
     "item_buckets": 1024,
+    "gsu_k": 4,  # a GSU model: the nightly DAG keeps memory banks too
 }
 
 
@@ -88,6 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"},
         },
         "pipeline": {"cleanup_older_than_hours": 0},
+        "memory": {"enabled": True, "max_cluster_size": 24, "max_clusters": 64},
     }
     from summarizer.config import VistaConfig
 
@@ -117,6 +119,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         jobs.run_validate(spark, cfg, days[:-1])
         staged = jobs.run_summarize(spark, cfg, mode="full", day=days[-2])
         jobs.run_publish(cfg, staged["run_dir"], promote=True)
+        jobs.run_cluster(spark, cfg, mode="full", day=days[-2])
     finally:
         spark.stop()
     env = _airflow_env(root / "airflow_home", toml)
@@ -144,7 +147,16 @@ def test_every_dag_imports_and_is_wired_as_documented(tmp_path: Path) -> None:
     out = json.loads(run.stdout.split("JSON", 1)[1])
     assert out["errors"] == {}
     nightly = out["dags"]["vista_nightly"]
-    chain = ["wait_for_events", "validate", "summarize", "publish", "check", "promote", "compact"]
+    chain = [
+        "wait_for_events",
+        "validate",
+        "summarize",
+        "publish",
+        "check",
+        "promote",
+        "cluster",
+        "compact",
+    ]
     for a, b in zip(chain, chain[1:], strict=False):
         assert b in nightly[a], (a, b)
     retrain = out["dags"]["vista_retrain"]
@@ -179,6 +191,11 @@ def test_nightly_runs_end_to_end_equals_a_full_run_and_a_rerun_changes_nothing(
     end = np.datetime64(day) + np.timedelta64(1, "D")
     assert all(np.datetime64(r.computed_at.replace(tzinfo=None)) >= end for r in got.results)
     assert [e.day for e in ledger.entries(store.location)][-1] == day
+    # The day joined every active user's memory bank (memory.enabled).
+    banks = store.get_memory_banks(active)
+    assert sorted(banks) == sorted(active)
+    assert all(b.through_day.isoformat() == day for b in banks.values())
+    bank_version = store.latest_version("memory_bank")
 
     # The nightly run (full through D-1, then day D) equals one full run through D.
     from batch_jobs import jobs
@@ -209,6 +226,7 @@ def test_nightly_runs_end_to_end_equals_a_full_run_and_a_rerun_changes_nothing(
     assert _summaries(cfg).equals(table)
     assert ledger.entries(store.location) == runs
     assert store.serving_version() == serving
+    assert store.latest_version("memory_bank") == bank_version
 
 
 def test_a_day_with_too_many_bad_rows_fails_at_validate(world: dict[str, Any]) -> None:
