@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	@printf '# The demo model has a GSU: each candidate also attends to its top-32 memory-bank tokens.\n[model]\ngsu_k = 32\n[memory]\nenabled = true\n' > $(DEMO_DIR)/vista.toml
 	@echo "== 1. generate a synthetic lifelong dataset (power-law lengths, bad rows injected)"
 	cd $(DEMO_DIR) && VISTA_SYNTH__END_DATE=$$(date -u -d yesterday +%F) ../$(BIN)/vista data synth --users 1000 --max-events 100000 --quiet
 	@echo "== 2. validate every day with Spark (local[*]): bad rows go to quarantine with a reason, nothing is lost"
@@ -39,15 +40,17 @@ demo: $(STAMP)
 	cd $(DEMO_DIR) && ../$(BIN)/vista job summarize --full --date $$(date -u -d '2 days ago' +%F) 2>&1 | $(SPARK_FILTER)
 	@echo "== 5. publish: one commit per table, then move the serving tag"
 	cd $(DEMO_DIR) && ../$(BIN)/vista job publish --promote 2>&1 | $(SPARK_FILTER)
+	@echo "== 5b. TWIN-V2 memory banks for the GSU with Spark: every user's history clustered (<= 256 events a cluster), one commit"
+	cd $(DEMO_DIR) && ../$(BIN)/vista job cluster --full --date $$(date -u -d '2 days ago' +%F) 2>&1 | $(SPARK_FILTER)
 	@echo "== 6. the nightly Airflow DAG for yesterday (airflow dags test; SQLite in $(DEMO_DIR)/airflow_home):"
-	@echo "      wait for events -> validate -> incremental summarize -> publish -> check -> promote -> compact"
+	@echo "      wait for events -> validate -> incremental summarize -> publish -> check -> promote -> cluster (the day joins each bank) -> compact"
 	cd $(DEMO_DIR) && $(AIRFLOW_ENV) ../$(BIN)/airflow db migrate > airflow_migrate.log 2>&1 || { tail -30 airflow_migrate.log; exit 1; }
 	cd $(DEMO_DIR) && $(AIRFLOW_ENV) ../$(BIN)/airflow dags test vista_nightly $$(date -u -d yesterday +%F) > airflow_nightly.log 2>&1 || { tail -60 airflow_nightly.log; exit 1; }
 	@grep -o "DagRun Finished: dag_id=vista_nightly, logical_date=[^,]*" $(DEMO_DIR)/airflow_nightly.log; grep -o "state=success, run_type" $(DEMO_DIR)/airflow_nightly.log | head -1
 	@echo "== 7. read the longest user's summary back from the store by id (now through yesterday)"
 	cd $(DEMO_DIR) && ../$(BIN)/vista summary get 0
 	cd $(DEMO_DIR) && ../$(BIN)/vista store info
-	@echo "== 8. score candidates for that user from Python's OnlineScorer (one amortized pass; a user with no summary takes the cold-start path)"
+	@echo "== 8. score candidates for that user from Python's OnlineScorer (one amortized pass over the summary plus each candidate's GSU picks from the memory bank; a user with no summary takes the cold-start path)"
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 0 1 2 3 42 4242 777
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 99999999 1 2 3
 	@echo "== 9. long memory: TWIN-V2-cluster that user's whole history (<= 256 events a cluster) and GSU-search it for two candidates"

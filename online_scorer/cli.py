@@ -34,6 +34,8 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
         "cold_start": result.cold_start,
         "table_version": result.table_version,
         "model_version": result.model_version,
+        "memory_tokens": result.memory_tokens,
+        "memory_skipped": result.memory_skipped,
         "scores": {str(i): round(float(s), 6) for i, s in zip(items, result.scores, strict=True)},
         "ms": round(ms, 3),
     }
@@ -42,9 +44,14 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
         return 0
     flag = " (cold start: no summary, no-history path)" if result.cold_start else ""
     flag += " (stale summary)" if result.stale else ""
+    if result.memory_tokens:
+        flag += f"; GSU over a memory bank of {result.memory_tokens} cluster tokens"
+    elif result.memory_skipped:
+        flag += "; memory bank of another model version not used"
     print(
         f"user {user}: {result.status}{flag}; summaries version {result.table_version}, "
-        f"model {result.model_version[:16]}; {len(items)} candidates in {ms:.2f} ms"
+        f"model {result.model_version[:16]}; {len(items)} candidates in {ms:.2f} ms "
+        "(one cold call, imports included; warm figures: BENCHMARKS.md)"
     )
     order = sorted(zip(items, result.scores, strict=True), key=lambda t: -float(t[1]))
     for item, score in order:
