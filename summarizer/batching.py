@@ -36,6 +36,9 @@ class TargetBatch:
     # VISTA: position of the summary a request reads (its day's start: the nightly summary),
     # the events from there up to req_pos form its recent window. None: req_pos (real time).
     req_summary_pos: torch.Tensor | None = None
+    # GSU over TWIN-V2 clusters (ModelSpec.memory == "clusters"): each event's cluster id
+    # within its user (summarizer.banks.bank_partition). None: the bank is the raw events.
+    event_cluster: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -236,6 +239,8 @@ def _gsu_memory(
     gradients flow through the attention over what it picked. Each request's bank is
     its candidates' picks back to back, so the kernel's per-request offsets apply.
     """
+    if model.spec.memory == "clusters":
+        return _gsu_cluster_memory(model, e, q, batch, upto)
     ranker = model.ranker
     G = model.spec.gsu_k
     bank_k, bank_v = ranker.project_memory(model.mark_memory(e))
@@ -261,6 +266,54 @@ def _gsu_memory(
     local = (torch.arange(M) - batch.cand_offsets[:-1][cand_req]).unsqueeze(1) * G + torch.arange(G)
     idx = torch.where(rows >= 0, local, -1)
     return GatheredMemory(idx, bank_k[picked], bank_v[picked], batch.cand_offsets * G, None)
+
+
+def _gsu_cluster_memory(
+    model: VistaModel, e: torch.Tensor, q: torch.Tensor, batch: TargetBatch, upto: torch.Tensor
+) -> GatheredMemory:
+    """:func:`_gsu_memory` over TWIN-V2 cluster tokens: request r's bank is its user's
+    clusters as of its first ``upto[r]`` events (mean encodings, bias log(size))."""
+    from summarizer.banks import prefix_cluster_tokens
+
+    if batch.event_cluster is None:
+        raise ValueError("a 'clusters' memory needs the batch's event_cluster ids")
+    ranker = model.ranker
+    G, M, d = model.spec.gsu_k, q.shape[0], e.shape[1]
+    H, D = q.shape[1], q.shape[2]
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    cand_req = torch.repeat_interleave(torch.arange(n_per_req.numel()), n_per_req)
+    cand_user = batch.req_user[cand_req]
+    pk = q.new_zeros(M, G, H, D)
+    pv = q.new_zeros(M, G, H, D)
+    pb = q.new_zeros(M, G)
+    valid = torch.zeros(M, G, dtype=torch.bool)
+    for u in torch.unique(cand_user).tolist():
+        sel = torch.nonzero(cand_user == u).squeeze(1)
+        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+        reqs, local = torch.unique(cand_req[sel], return_inverse=True)
+        tokens, counts = prefix_cluster_tokens(e[a:b], batch.event_cluster[a:b], upto[reqs])
+        R, c = counts.shape
+        tk, tv = ranker.project_memory(model.mark_memory(tokens.reshape(R * c, d)))
+        tk, tv = tk.view(R, c, H, D), tv.view(R, c, H, D)
+        g = min(G, c)
+        with torch.no_grad():
+            scores = torch.einsum("mhd,mchd->mc", q[sel].detach(), tk[local].detach())
+            scores = scores.masked_fill(counts[local] == 0, float("-inf"))
+            top = scores.topk(g, dim=1)
+        rows = local.unsqueeze(1).expand(-1, g)
+        pk[sel, :g] = tk[rows, top.indices]
+        pv[sel, :g] = tv[rows, top.indices]
+        pb[sel, :g] = torch.log(counts[rows, top.indices].clamp(min=1))
+        valid[sel, :g] = torch.isfinite(top.values)
+    local_idx = (torch.arange(M) - batch.cand_offsets[:-1][cand_req]).unsqueeze(1) * G
+    idx = torch.where(valid, local_idx + torch.arange(G), -1)
+    return GatheredMemory(
+        idx,
+        pk.reshape(M * G, H, D),
+        pv.reshape(M * G, H, D),
+        batch.cand_offsets * G,
+        pb.reshape(-1),
+    )
 
 
 def _full_attention(

@@ -115,6 +115,7 @@ def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
         chunk_size=m.chunk_size,
         last_k=m.last_k,
         gsu_k=m.gsu_k if kind == "vista" else 0,
+        memory=m.memory,
     )
 
 

@@ -91,6 +91,11 @@ class ModelConfig(_Section):
     )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")
+    memory: Literal["events", "clusters"] = Field(
+        "events",
+        description="what the GSU searches in training and evaluation: the raw earlier events "
+        "(SIM) or TWIN-V2 cluster tokens of them (what the cluster job serves)",
+    )
     gsu_k: int = Field(
         0,
         ge=0,
@@ -116,6 +121,10 @@ class TrainSection(_Section):
     eval_targets_per_user: int = Field(64, ge=1)
     seed: int = 0
     threads: int = Field(0, ge=0)
+    bank_cluster_size: int = Field(
+        32, ge=1, description="gamma of the TWIN-V2 banks of models with model.memory=clusters"
+    )
+    bank_max_clusters: int = Field(1000, ge=1, description="C of those banks")
 
 
 class StoreConfig(_Section):

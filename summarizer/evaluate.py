@@ -58,7 +58,15 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             spec(kind="vista", num_seeds=16, values="events", readout="pool"),
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
+        Variant(
+            f"TWIN-V2 (clusters + GSU), top {GSU_K}",
+            spec(kind="sim", gsu_k=GSU_K, memory="clusters"),
+        ),
         Variant(f"VISTA K=16 + GSU top {GSU_K}", spec(kind="vista", num_seeds=16, gsu_k=GSU_K)),
+        Variant(
+            f"VISTA K=16 + TWIN-V2 GSU top {GSU_K}",
+            spec(kind="vista", num_seeds=16, gsu_k=GSU_K, memory="clusters"),
+        ),
     ]
 
 

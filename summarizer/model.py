@@ -41,6 +41,7 @@ from summarizer.vista import VistaSummarizer
 
 Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
 KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full", "sim")
+MEMORIES: tuple[str, ...] = ("events", "clusters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ModelSpec:
     candidate_features: int = 0
     rating_head: bool = False
     gsu_k: int = 0  # memory tokens each candidate gathers (vista: optional; sim: required)
+    # What the bank holds in training/evaluation: the raw earlier events (SIM) or TWIN-V2
+    # cluster tokens of them (what the cluster job serves). Serving reads whatever is stored.
+    memory: str = "events"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +84,10 @@ class ModelSpec:
             raise ValueError(f"gsu_k must be >= 0, got {self.gsu_k}")
         if self.kind == "sim" and self.gsu_k < 1:
             raise ValueError("kind 'sim' retrieves per candidate: gsu_k must be >= 1")
+        if self.memory not in MEMORIES:
+            raise ValueError(
+                f"unknown memory {self.memory!r}; expected one of {', '.join(MEMORIES)}"
+            )
         if self.gsu_k and self.kind not in ("vista", "sim"):
             raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
 

@@ -42,6 +42,9 @@ class TrainConfig:
     eval_targets_per_user: int = 64
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    # TWIN-V2 banks of models with memory="clusters" (summarizer.banks): gamma and C.
+    bank_cluster_size: int = 32
+    bank_max_clusters: int = 1000
 
 
 @dataclasses.dataclass
@@ -81,8 +84,11 @@ def iter_batches(
     cfg: TrainConfig,
     rng: np.random.Generator | None,
     item_pool: np.ndarray | None = None,
+    bank_labels: np.ndarray | None = None,
 ) -> Iterator[TargetBatch]:
-    """Group users into batches bounded by events and requests (a huge user gets a batch alone)."""
+    """Group users into batches bounded by events and requests (a huge user gets a batch alone).
+
+    ``bank_labels``: every event's cluster id (models with a TWIN-V2 bank)."""
     users = [u for u in range(hist.n_users) if len(targets[u])]
     if rng is not None:
         rng.shuffle(users)
@@ -93,13 +99,13 @@ def iter_batches(
         if group and (
             n_ev + need > cfg.batch_events or n_req + len(targets[u]) > cfg.batch_requests
         ):
-            yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool)
+            yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool, bank_labels)
             group, n_ev, n_req = [], 0, 0
         group.append(u)
         n_ev += need
         n_req += len(targets[u])
     if group:
-        yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool)
+        yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool, bank_labels)
 
 
 def _make_batch(
@@ -109,6 +115,7 @@ def _make_batch(
     negatives: int,
     rng: np.random.Generator | None,
     item_pool: np.ndarray | None,
+    bank_labels: np.ndarray | None = None,
 ) -> TargetBatch:
     labels_all = hist.labels
     ev_parts: list[slice] = []
@@ -159,6 +166,7 @@ def _make_batch(
         cand_label=torch.from_numpy(np.concatenate(cand_label).astype(np.float32)),
         cand_rating=torch.from_numpy(np.concatenate(cand_rating).astype(np.float32)),
         req_summary_pos=torch.from_numpy(np.concatenate(req_sum).astype(np.int64)),
+        event_cluster=None if bank_labels is None else torch.from_numpy(bank_labels[idx]),
     )
 
 
@@ -180,6 +188,22 @@ def batch_loss(
     return loss, parts
 
 
+def bank_labels_for(
+    model: VistaModel, hist: Histories, cutoff: int, cfg: TrainConfig
+) -> np.ndarray | None:
+    """Cluster ids of every event for a model whose bank is TWIN-V2 clusters, with the
+    clusters as of ``cutoff`` (summarizer.banks); None for any other model."""
+    if not (model.spec.uses_memory_bank and model.spec.memory == "clusters"):
+        return None
+    from summarizer.banks import bank_partition
+    from summarizer.clustering import ClusterParams
+
+    params = ClusterParams(
+        max_cluster_size=cfg.bank_cluster_size, max_clusters=cfg.bank_max_clusters, seed=cfg.seed
+    )
+    return bank_partition(model, hist, cutoff, params)
+
+
 @torch.no_grad()
 def predict(
     model: VistaModel, hist: Histories, window: Window, cfg: TrainConfig
@@ -188,7 +212,11 @@ def predict(
     model.eval()
     targets = select_targets(hist, window, cfg.eval_targets_per_user, rng=None)
     labels, probs, ratings, true_r = [], [], [], []
-    for batch in iter_batches(hist, targets, dataclasses.replace(cfg, negatives=0), rng=None):
+    # Clusters as of the window's start: nothing in the window shapes the bank.
+    banks = bank_labels_for(model, hist, window.start, cfg)
+    for batch in iter_batches(
+        hist, targets, dataclasses.replace(cfg, negatives=0), None, None, banks
+    ):
         out = forward_targets(model, batch)
         labels.append(batch.cand_label.numpy())
         probs.append(torch.sigmoid(out.logits).numpy())
@@ -258,9 +286,11 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         targets = select_targets(hist, train_window, cfg.targets_per_user, rng)
+        # TWIN-V2 banks re-clustered each epoch on the current encodings.
+        banks = bank_labels_for(model, hist, train_window.end, cfg)
         total, steps = 0.0, 0
         bar = tqdm(
-            iter_batches(hist, targets, cfg, rng, item_pool),
+            iter_batches(hist, targets, cfg, rng, item_pool, banks),
             desc=f"epoch {epoch}",
             disable=not progress,
             leave=False,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from summarizer import artifacts
 from summarizer.batching import TargetBatch, forward_targets
-from summarizer.encoder import EventBatch
+from summarizer.encoder import EventBatch, previous_times
 from summarizer.model import KINDS, ModelSpec, VistaModel
 
 SMALL = ModelSpec(
@@ -491,3 +491,57 @@ def test_gsu_spec_is_checked() -> None:
         ModelSpec(gsu_k=-1)
     with pytest.raises(ValueError, match="no memory bank"):
         VistaModel(SMALL).mark_memory(torch.zeros(1, SMALL.d_model))
+
+
+def test_prefix_cluster_tokens_are_the_means_of_earlier_members() -> None:
+    from summarizer.banks import prefix_cluster_tokens
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (40,), generator=g)
+    limits = torch.tensor([0, 40, 7, 7, 23, 1])
+    tokens, counts = prefix_cluster_tokens(e, labels, limits)
+    for r, p in enumerate(limits.tolist()):
+        for c in range(5):
+            members = e[:p][labels[:p] == c]
+            assert counts[r, c] == len(members)
+            want = members.mean(0) if len(members) else torch.zeros(6, dtype=torch.float64)
+            torch.testing.assert_close(tokens[r, c], want)
+
+
+def test_gsu_over_clusters_training_path_equals_serving_with_those_cluster_tokens() -> None:
+    """With a TWIN-V2 bank (memory="clusters"), a request's candidates search and attend to
+    the cluster tokens of the events before its summary (mean, log(size) bias), exactly as
+    serving does with that bank."""
+    import dataclasses
+
+    from summarizer.banks import prefix_cluster_tokens
+
+    torch.manual_seed(3)
+    model = VistaModel(dataclasses.replace(SMALL, kind="sim", gsu_k=3, memory="clusters")).eval()
+    events = random_events(50, seed=8)
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 6, 50))
+    now = int(events.ts[-1]) + 3600
+    positions, cands = [0, 5, 30, 49], [[5, 6], [7, 8, 9], [10], [11, 12, 13]]
+    batch = _one_user_batch(events, positions, cands, now)
+    batch.event_cluster = labels
+    with torch.no_grad():
+        train_logits = forward_targets(model, batch).logits
+        e = model.encoder(events, previous_times(events.ts, None))
+        served = []
+        for p, c in zip(positions, cands, strict=True):
+            tokens, counts = prefix_cluster_tokens(e, labels, torch.tensor([p]))
+            keep = counts[0] > 0
+            hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
+            served.append(
+                model.score_memory(
+                    torch.zeros(0, model.spec.d_model),
+                    torch.tensor(c),
+                    None,
+                    p,
+                    hours,
+                    bank=(tokens[0][keep], counts[0][keep]),
+                    gsu_backend="torch",
+                )
+            )
+    assert torch.allclose(train_logits, torch.cat(served), atol=1e-5)

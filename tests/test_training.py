@@ -14,7 +14,15 @@ from summarizer.config import SynthConfig
 from summarizer.histories import event_labels, load_histories, temporal_split
 from summarizer.metrics import auc_score, compute_metrics
 from summarizer.model import ModelSpec, VistaModel
-from summarizer.train import TrainConfig, Window, batch_loss, iter_batches, select_targets, train
+from summarizer.train import (
+    TrainConfig,
+    Window,
+    bank_labels_for,
+    batch_loss,
+    iter_batches,
+    select_targets,
+    train,
+)
 from summarizer.validation import validate_dataset
 
 TINY = ModelSpec(
@@ -89,20 +97,25 @@ def test_batches_cover_every_selected_target_once(small_data: Path) -> None:
     assert seen == sum(len(t) for t in targets)
 
 
-@pytest.mark.parametrize("gsu_k", [0, 4])
-def test_training_reduces_loss_and_learns(small_data: Path, gsu_k: int) -> None:
-    """VISTA alone, and VISTA with the GSU (trained through its gathered attention)."""
+@pytest.mark.parametrize(("gsu_k", "memory"), [(0, "events"), (4, "events"), (4, "clusters")])
+def test_training_reduces_loss_and_learns(small_data: Path, gsu_k: int, memory: str) -> None:
+    """VISTA alone, and VISTA with the GSU over raw events or TWIN-V2 clusters (trained
+    through its gathered attention)."""
     hist = load_histories(small_data)
     t1, t2 = temporal_split(small_data)
     torch.manual_seed(0)
-    model = VistaModel(dataclasses.replace(TINY, gsu_k=gsu_k))
+    model = VistaModel(dataclasses.replace(TINY, gsu_k=gsu_k, memory=memory))
     targets = select_targets(hist, Window(-(2**62), t1), 24, np.random.default_rng(5))
+    banks = bank_labels_for(model, hist, t1, FAST)  # None unless memory == "clusters"
+    assert (banks is not None) == (memory == "clusters")
     batch = next(
         iter_batches(
             hist,
             targets,
             dataclasses.replace(FAST, batch_requests=10_000, batch_events=10**9),
             None,
+            None,
+            banks,
         )
     )
     with torch.no_grad():
@@ -179,3 +192,41 @@ def test_train_section_defaults_match_train_config() -> None:
     from summarizer.config import TrainSection
 
     assert TrainSection().model_dump() == dataclasses.asdict(TrainConfig())
+
+
+def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path) -> None:
+    """Events before the cut-off are TWIN-V2-clustered on the model's encodings; later ones
+    join the nearest cluster of their level, so nothing after the cut-off shapes the bank."""
+    from summarizer.banks import bank_partition
+    from summarizer.clustering import ClusterParams, cluster_history_with_labels, engagement_levels
+
+    hist = load_histories(small_data)
+    t1, _ = temporal_split(small_data)
+    torch.manual_seed(0)
+    model = VistaModel(dataclasses.replace(TINY, gsu_k=4, memory="clusters")).eval()
+    params = ClusterParams(max_cluster_size=8, max_clusters=64)
+    labels = bank_partition(model, hist, t1, params)
+    u = int(np.argmax(hist.lengths()))
+    a, b = int(hist.offsets[u]), int(hist.offsets[u + 1])
+    cut = int(np.searchsorted(hist.ts[a:b], t1))
+    assert 0 < cut < b - a
+    from summarizer.banks import _encode_user
+
+    emb = _encode_user(model, hist, a, b)
+    level = engagement_levels(hist.action[a:b], hist.weight[a:b])
+    bank, past = cluster_history_with_labels(
+        emb[:cut], hist.item_id[a:b][:cut], hist.action[a:b][:cut], level[:cut], params
+    )
+    np.testing.assert_array_equal(labels[a : a + cut], past)
+    for i in range(cut, b - a):
+        same = np.flatnonzero(bank.levels == level[i])
+        if len(same):
+            d2 = ((bank.centroids[same] - emb[i]) ** 2).sum(1)
+            assert labels[a + i] == same[int(np.argmin(d2))]
+        else:
+            assert labels[a + i] >= len(bank)
+    # Changing events after the cut-off leaves the clusters of the past alone.
+    hist.item_id = hist.item_id.copy()
+    hist.item_id[a + cut :] += 1
+    again = bank_partition(model, hist, t1, params)
+    np.testing.assert_array_equal(again[a : a + cut], past)
