@@ -72,17 +72,18 @@ def bank_partition(
                 bank, out[:cut] = cluster_history_with_labels(
                     emb[:cut], hist.item_id[a:b][:cut], hist.action[a:b][:cut], level[:cut], params
                 )
-                cent, levels, next_id = bank.centroids, bank.levels, len(bank)
+                cent, levels = bank.centroids, bank.levels
             else:
-                cent, levels, next_id = np.zeros((0, emb.shape[1]), np.float32), [], 0
-            for i in range(cut, b - a):  # later events: the nearest cluster of their level
-                same = np.flatnonzero(np.asarray(levels) == level[i]) if len(levels) else []
-                if len(same):
-                    d2 = ((cent[same] - emb[i]) ** 2).sum(1)
-                    out[i] = same[int(np.argmin(d2))]
-                else:
-                    out[i] = next_id
-                    next_id += 1
+                cent, levels = np.zeros((0, emb.shape[1]), np.float32), np.zeros(0, np.int64)
+            # Later events: the nearest cluster of their level (one matrix, no Python loop);
+            # an event whose level has no cluster gets a cluster of its own.
+            later = emb[cut:]
+            d2 = (later**2).sum(1, keepdims=True) - 2 * later @ cent.T + (cent**2).sum(1)
+            d2[levels[None, :] != level[cut:, None]] = np.inf
+            nearest = np.argmin(d2, axis=1) if len(cent) else np.zeros(len(later), np.int64)
+            orphan = ~np.isfinite(d2.min(1)) if len(cent) else np.ones(len(later), bool)
+            nearest[orphan] = len(cent) + np.arange(int(orphan.sum()))
+            out[cut:] = nearest
     finally:
         model.train(was_training)
     return labels
