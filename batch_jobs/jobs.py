@@ -318,6 +318,27 @@ def _incremental_plan(
     return None, base
 
 
+def _job_days(
+    cfg: VistaConfig, job: str, mode: str, day: str | None
+) -> tuple[str, list[str], list[str]]:
+    """(the run's day, the days it reads, every valid day) for a full or incremental job."""
+    valid_days = list_days(cfg.data.valid_dir)
+    if not valid_days:
+        raise FileNotFoundError(f"no validated days under {cfg.data.valid_dir}; validate first")
+    if mode == "incremental":
+        if day is None:
+            raise JobError(f"{job} --incremental needs --date YYYY-MM-DD")
+        _check_day(day)
+        if day not in valid_days:
+            raise FileNotFoundError(f"no validated partition for {day} under {cfg.data.valid_dir}")
+        return day, [day], valid_days
+    day = _check_day(day) if day is not None else valid_days[-1]
+    days = [d for d in valid_days if d <= day]
+    if not days:
+        raise FileNotFoundError(f"no validated days on or before {day}")
+    return day, days, valid_days
+
+
 def run_summarize(
     spark: SparkSession,
     cfg: VistaConfig,
@@ -343,23 +364,10 @@ def run_summarize(
     model, model_version = artifacts.load(model_dir)
     model.require_summarizer()
     store = SummaryStore.from_config(cfg.store)
-    valid_days = list_days(cfg.data.valid_dir)
-    if not valid_days:
-        raise FileNotFoundError(f"no validated days under {cfg.data.valid_dir}; validate first")
+    day, days, _ = _job_days(cfg, "summarize", mode, day)
+    skipped, base = None, None
     if mode == "incremental":
-        if day is None:
-            raise JobError("summarize --incremental needs --date YYYY-MM-DD")
-        _check_day(day)
-        if day not in valid_days:
-            raise FileNotFoundError(f"no validated partition for {day} under {cfg.data.valid_dir}")
         skipped, base = _incremental_plan(store, cfg, model_version, day)
-        days = [day]
-    else:
-        day = _check_day(day) if day is not None else valid_days[-1]
-        days = [d for d in valid_days if d <= day]
-        if not days:
-            raise FileNotFoundError(f"no validated days on or before {day}")
-        skipped, base = None, None
     out = Path(run_dir) if run_dir is not None else default_run_dir(cfg, mode, day)
     report: dict[str, Any] = {
         "job": "summarize",
@@ -555,23 +563,12 @@ def run_cluster(
             "memory banks; train one with model.gsu_k > 0 first"
         )
     store = SummaryStore.from_config(cfg.store)
-    valid_days = list_days(cfg.data.valid_dir)
-    if not valid_days:
-        raise FileNotFoundError(f"no validated days under {cfg.data.valid_dir}; validate first")
+    day, days, valid_days = _job_days(cfg, "cluster", mode, day)
     base = None
     if mode == "incremental":
-        if day is None:
-            raise JobError("cluster --incremental needs --date YYYY-MM-DD")
-        _check_day(day)
-        if day not in valid_days:
-            raise FileNotFoundError(f"no validated partition for {day} under {cfg.data.valid_dir}")
         base = store.latest_version(MEMORY_BANK)
         if base is None:
             raise JobError("no memory banks yet: run `vista job cluster --full` first")
-        days = [day]
-    else:
-        day = _check_day(day) if day is not None else valid_days[-1]
-        days = [d for d in valid_days if d <= day]
     m = cfg.memory
     params = ClusterJobParams(
         model_dir=str(Path(model_dir).resolve()) if _is_local(model_dir) else model_dir,
