@@ -116,6 +116,7 @@ def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
         last_k=m.last_k,
         gsu_k=m.gsu_k if kind == "vista" else 0,
         memory=m.memory,
+        gsu_softmax=m.gsu_softmax,
     )
 
 

@@ -96,6 +96,11 @@ class ModelConfig(_Section):
         description="what the GSU searches in training and evaluation: the raw earlier events "
         "(SIM) or TWIN-V2 cluster tokens of them (what the cluster job serves)",
     )
+    gsu_softmax: Literal["separate", "shared"] = Field(
+        "separate",
+        description="GSU picks in their own softmax (added to the summary attention) or in "
+        "the summary tokens' softmax",
+    )
     gsu_k: int = Field(
         0,
         ge=0,

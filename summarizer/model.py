@@ -15,8 +15,9 @@
   whole history, chosen by the general search unit (``summarizer.gsu``).
 
 ``gsu_k > 0`` on a ``vista`` model adds the general search unit to VISTA: each
-candidate also attends, in the same softmax, to its top-``gsu_k`` tokens of the
-user's memory bank (the events before the summary; served as TWIN-V2 cluster
+candidate also attends to its top-``gsu_k`` tokens of the user's memory bank (in
+a softmax of their own whose result is added to the summary attention's, or
+with ``gsu_softmax="shared"`` in the same softmax as the summary tokens) (the events before the summary; served as TWIN-V2 cluster
 tokens with a log(size) bias, a raw event being a cluster of one). The search
 score is the ranker's own attention logit summed over heads (TWIN's consistent
 GSU), so training teaches the search and the attention together.
@@ -42,6 +43,7 @@ from summarizer.vista import VistaSummarizer
 Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
 KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full", "sim")
 MEMORIES: tuple[str, ...] = ("events", "clusters")
+GSU_SOFTMAXES: tuple[str, ...] = ("separate", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,9 @@ class ModelSpec:
     # What the bank holds in training/evaluation: the raw earlier events (SIM) or TWIN-V2
     # cluster tokens of them (what the cluster job serves). Serving reads whatever is stored.
     memory: str = "events"
+    # How the GSU picks meet the summary: their own softmax, added to the summary attention
+    # ("separate"), or one softmax over both ("shared"; stalled training, BENCHMARKS.md).
+    gsu_softmax: str = "separate"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,6 +92,11 @@ class ModelSpec:
         if self.memory not in MEMORIES:
             raise ValueError(
                 f"unknown memory {self.memory!r}; expected one of {', '.join(MEMORIES)}"
+            )
+        if self.gsu_softmax not in GSU_SOFTMAXES:
+            raise ValueError(
+                f"unknown gsu_softmax {self.gsu_softmax!r}; expected one of "
+                f"{', '.join(GSU_SOFTMAXES)}"
             )
         if self.gsu_k and self.kind not in ("vista", "sim"):
             raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
@@ -152,7 +162,9 @@ class VistaModel(nn.Module):
         d, h = spec.d_model, spec.num_heads
         self.items = ItemEmbedding(spec.item_buckets, d)
         self.encoder = EventEncoder(self.items, spec.num_actions, d)
-        self.ranker = CandidateRanker(self.items, d, h, spec.candidate_features, spec.rating_head)
+        self.ranker = CandidateRanker(
+            self.items, d, h, spec.candidate_features, spec.rating_head, spec.gsu_softmax
+        )
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None
         self.history_layer: nn.Module | None = None

@@ -6,10 +6,14 @@ never to other candidates, so scoring m candidates together equals scoring
 each alone. The memory's keys and values (``project_memory``) depend only on
 the user, so they are computed once per request, not per candidate.
 
-With a memory bank (GSU), each candidate also attends, in the same softmax, to
-its own top-k bank tokens (:class:`kernels.GatheredMemory`); the search score
-is the attention logit summed over heads (``gsu_scores``), so the tokens the
-search picks are the ones the attention would weigh most (TWIN's consistency).
+With a memory bank (GSU), each candidate also attends to its own top-k bank
+tokens (:class:`kernels.GatheredMemory`), by default in a softmax of their own
+whose output is added to the summary attention's (``gsu_softmax="separate"``;
+"shared" puts them in the summary's softmax: on the synthetic data the summary
+tokens then took the attention and the GSU never learned, BENCHMARKS.md). The
+search score is the attention logit summed over heads (``gsu_scores``), so the
+tokens the search picks are the ones the attention would weigh most (TWIN's
+consistency).
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ class CandidateRanker(nn.Module):
         heads: int,
         candidate_features: int = 0,
         rating_head: bool = False,
+        gsu_softmax: str = "separate",
     ) -> None:
         super().__init__()
+        self.gsu_softmax = gsu_softmax
         self.items, self.dim, self.heads, self.head_dim = items, dim, heads, dim // heads
         self.candidate_features = candidate_features
         self.features = nn.Linear(candidate_features, dim) if candidate_features else None
@@ -106,16 +112,15 @@ class CandidateRanker(nn.Module):
         """
         if q is None:
             q = self.queries(cand)
-        attn = attention(
-            q,
-            k,
-            v,
-            q_offsets,
-            kv_offsets,
-            kv_bias,
-            scale=1.0 / math.sqrt(self.head_dim),
-            memory=memory,
-        )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if memory is not None and self.gsu_softmax == "separate":
+            attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale)
+            none = k.new_zeros(0, *k.shape[1:])
+            attn = attn + attention(
+                q, none, none, q_offsets, torch.zeros_like(kv_offsets), scale=scale, memory=memory
+            )
+        else:
+            attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale, memory=memory)
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
         return self.head(cand, attn.reshape(-1, self.dim), per_cand)
 

@@ -403,14 +403,16 @@ def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
         VistaModel(dataclasses.replace(SMALL, readout="mlp"))
 
 
-@pytest.mark.parametrize("kind", ["vista", "sim"])
+@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared"])
 def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> None:
     """Training's causal SIM search (each candidate's top-k of the events before the summary)
     scores exactly like serving with those events as the memory bank (clusters of one)."""
     import dataclasses
 
     torch.manual_seed(3)
-    model = VistaModel(dataclasses.replace(SMALL, kind=kind, gsu_k=5)).eval()
+    softmax = "shared" if kind.endswith("-shared") else "separate"
+    kind = kind.removesuffix("-shared")
+    model = VistaModel(dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax)).eval()
     events = random_events(60, seed=4)
     now = int(events.ts[-1]) + 3600
     positions = [0, 3, 25, 59]
@@ -446,15 +448,17 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
 
 
-def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias() -> None:
+@pytest.mark.parametrize("gsu_softmax", ["separate", "shared"])
+def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: str) -> None:
     """A bank changes the scores; the same bank with sizes s scores like the bank's tokens
-    attended with bias log(s) (a cluster of s identical events weighs s times one event)."""
+    attended with bias log(s) (a cluster of s identical events weighs s times one event),
+    in a softmax of their own added to the summary attention, or in the summary's."""
     import dataclasses
 
     from kernels import reference
 
     torch.manual_seed(5)
-    model = VistaModel(dataclasses.replace(SMALL, gsu_k=3)).eval()
+    model = VistaModel(dataclasses.replace(SMALL, gsu_k=3, gsu_softmax=gsu_softmax)).eval()
     summ = model.summarizer
     assert summ is not None
     tokens = summ.readout(summ.fold(summ.empty_state(), random_events(30, seed=6)))
@@ -466,7 +470,7 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias() -> None:
         tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
     )
     assert not torch.allclose(plain, with_bank)
-    # By hand: top-3 by the summed attention logit, one softmax over tokens + picks.
+    # By hand: top-3 by the summed attention logit, then the softmax(es).
     r = model.ranker
     with torch.no_grad():
         cand = r.embed_candidates(items)
@@ -474,9 +478,17 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias() -> None:
         k, v = r.project_memory(tokens)
         bk, bv = r.project_memory(model.mark_memory(bank))
         top = r.gsu_scores(q, bk).topk(3, dim=1).indices
-        attn = reference.cross_attention_gathered(
-            q, k, v, top, bk, bv, mem_bias=torch.log(sizes.float()), scale=1 / (r.head_dim**0.5)
-        )
+        scale, bias = 1 / (r.head_dim**0.5), torch.log(sizes.float())
+        if gsu_softmax == "shared":
+            attn = reference.cross_attention_gathered(
+                q, k, v, top, bk, bv, mem_bias=bias, scale=scale
+            )
+        else:
+            none = k[:0]
+            attn = reference.cross_attention(q, k, v, scale=scale)
+            attn = attn + reference.cross_attention_gathered(
+                q, none, none, top, bk, bv, mem_bias=bias, scale=scale
+            )
         ctx = torch.tensor([[np.log1p(30) / 14.0, np.log1p(1.0) / 10.0]]).float().expand(4, 2)
         expect, _ = r.head(cand, attn.reshape(4, -1), ctx)
     assert torch.allclose(with_bank, expect, atol=1e-5)
@@ -489,6 +501,10 @@ def test_gsu_spec_is_checked() -> None:
         ModelSpec(kind="din", gsu_k=4)
     with pytest.raises(ValueError, match="gsu_k must be >= 0"):
         ModelSpec(gsu_k=-1)
+    with pytest.raises(ValueError, match="unknown gsu_softmax"):
+        ModelSpec(gsu_k=4, gsu_softmax="mixed")
+    with pytest.raises(ValueError, match="unknown memory"):
+        ModelSpec(gsu_k=4, memory="raw")
     with pytest.raises(ValueError, match="no memory bank"):
         VistaModel(SMALL).mark_memory(torch.zeros(1, SMALL.d_model))
 
