@@ -163,7 +163,15 @@ class VistaModel(nn.Module):
         self.items = ItemEmbedding(spec.item_buckets, d)
         self.encoder = EventEncoder(self.items, spec.num_actions, d)
         self.ranker = CandidateRanker(
-            self.items, d, h, spec.candidate_features, spec.rating_head, spec.gsu_softmax
+            self.items,
+            d,
+            h,
+            spec.candidate_features,
+            spec.rating_head,
+            spec.gsu_softmax,
+            gsu_gate=spec.kind == "vista"
+            and spec.uses_memory_bank
+            and spec.gsu_softmax == "separate",
         )
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None

@@ -277,6 +277,7 @@ def gsu_world(tmp_path: Path) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = VistaModel(dataclasses.replace(SPEC, gsu_k=4)).eval()
+    torch.nn.init.normal_(model.ranker.gsu_gate)  # as if trained: the GSU's attention counts
     version = artifacts.save(model, tmp_path / "model")
     model, _ = artifacts.load(tmp_path / "model")
     clock = Clock()

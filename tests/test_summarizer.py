@@ -236,6 +236,8 @@ def test_amortized_equals_per_candidate(kind: str) -> None:
             gsu_k=4 if kind in ("sim", "vista+gsu") else 0,
         )
     ).eval()
+    if m.ranker.gsu_gate is not None:
+        torch.nn.init.normal_(m.ranker.gsu_gate)
     events = random_events(40, seed=2)
     items = list(range(100, 117))
     with torch.no_grad():
@@ -413,6 +415,8 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
     softmax = "shared" if kind.endswith("-shared") else "separate"
     kind = kind.removesuffix("-shared")
     model = VistaModel(dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax)).eval()
+    if model.ranker.gsu_gate is not None:  # open the (zero-initialised) gate
+        torch.nn.init.normal_(model.ranker.gsu_gate)
     events = random_events(60, seed=4)
     now = int(events.ts[-1]) + 3600
     positions = [0, 3, 25, 59]
@@ -466,6 +470,17 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
     bank = model.bank_embeddings(random_events(10, seed=7))
     sizes = torch.tensor([1, 50, 2, 1, 7, 1, 1, 300, 1, 3])
     plain = model.score_memory(tokens, items, None, 30, 1.0)
+    gate = model.ranker.gsu_gate
+    if gsu_softmax == "separate":  # starts closed: the untrained model is the summary alone
+        assert gate is not None and torch.equal(gate, torch.zeros_like(gate))
+        closed = model.score_memory(
+            tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
+        )
+        assert torch.equal(closed, plain)
+        with torch.no_grad():
+            gate.copy_(torch.tensor([0.5, 1.0, 1.5, -0.7]))
+    else:
+        assert gate is None
     with_bank = model.score_memory(
         tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
     )
@@ -486,7 +501,7 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
         else:
             none = k[:0]
             attn = reference.cross_attention(q, k, v, scale=scale)
-            attn = attn + reference.cross_attention_gathered(
+            attn = attn + gate.view(1, -1, 1) * reference.cross_attention_gathered(
                 q, none, none, top, bk, bv, mem_bias=bias, scale=scale
             )
         ctx = torch.tensor([[np.log1p(30) / 14.0, np.log1p(1.0) / 10.0]]).float().expand(4, 2)
