@@ -302,14 +302,14 @@ class OnlineScorer:
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], list[bool]]:
         """Memory banks (tokens, sizes) of the users whose model has a GSU (one store read),
         and which users' banks were skipped for being another model's."""
-        wanted = [
+        wanted = {
             u
             for u, mv in zip(ids, versions, strict=True)
             if self.memory and self._models[mv].spec.uses_memory_bank
-        ]
+        }
         if not wanted:
             return [None] * len(ids), [False] * len(ids)
-        rows = self.bank_reader.get(sorted(set(wanted)))
+        rows = self.bank_reader.get(sorted(wanted))
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         skipped = []
         for u, mv in zip(ids, versions, strict=True):
