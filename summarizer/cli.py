@@ -117,6 +117,7 @@ def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
         gsu_k=m.gsu_k if kind == "vista" else 0,
         memory=m.memory,
         gsu_softmax=m.gsu_softmax,
+        gsu_gate=m.gsu_gate,
     )
 
 

@@ -101,6 +101,9 @@ class ModelConfig(_Section):
         description="GSU picks in their own softmax (added to the summary attention) or in "
         "the summary tokens' softmax",
     )
+    gsu_gate: float = Field(
+        1.0, description="initial value of the learnable per-head gate on the GSU's attention"
+    )
     gsu_k: int = Field(
         0,
         ge=0,

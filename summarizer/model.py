@@ -73,6 +73,8 @@ class ModelSpec:
     # How the GSU picks meet the summary: their own softmax, added to the summary attention
     # ("separate"), or one softmax over both ("shared"; stalled training, BENCHMARKS.md).
     gsu_softmax: str = "separate"
+    # Initial value of the learnable per-head gate on the separate GSU attention (VISTA).
+    gsu_gate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -49,14 +49,15 @@ class CandidateRanker(nn.Module):
         candidate_features: int = 0,
         rating_head: bool = False,
         gsu_softmax: str = "separate",
-        gsu_gate: bool = False,
+        gsu_gate: float | None = None,
     ) -> None:
         super().__init__()
         self.gsu_softmax = gsu_softmax
-        # Per-head gate on the GSU's attention (separate softmax next to a summary), zero at
-        # the start: the model begins as the summary alone and opens the gate as far as the
-        # retrieved tokens help (on ml-latest-small an ungated GSU cost VISTA AUC).
-        self.gsu_gate = nn.Parameter(torch.zeros(heads)) if gsu_gate else None
+        # Learnable per-head gate on the GSU's attention (separate softmax next to a summary),
+        # starting at ``gsu_gate`` (ModelSpec.gsu_gate; 0 = the summary alone at first).
+        self.gsu_gate = (
+            nn.Parameter(torch.full((heads,), float(gsu_gate))) if gsu_gate is not None else None
+        )
         self.items, self.dim, self.heads, self.head_dim = items, dim, heads, dim // heads
         self.candidate_features = candidate_features
         self.features = nn.Linear(candidate_features, dim) if candidate_features else None

@@ -462,7 +462,9 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
     from kernels import reference
 
     torch.manual_seed(5)
-    model = VistaModel(dataclasses.replace(SMALL, gsu_k=3, gsu_softmax=gsu_softmax)).eval()
+    model = VistaModel(
+        dataclasses.replace(SMALL, gsu_k=3, gsu_softmax=gsu_softmax, gsu_gate=0.0)
+    ).eval()
     summ = model.summarizer
     assert summ is not None
     tokens = summ.readout(summ.fold(summ.empty_state(), random_events(30, seed=6)))
@@ -471,7 +473,7 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
     sizes = torch.tensor([1, 50, 2, 1, 7, 1, 1, 300, 1, 3])
     plain = model.score_memory(tokens, items, None, 30, 1.0)
     gate = model.ranker.gsu_gate
-    if gsu_softmax == "separate":  # starts closed: the untrained model is the summary alone
+    if gsu_softmax == "separate":  # gate 0: the untrained model is the summary alone
         assert gate is not None and torch.equal(gate, torch.zeros_like(gate))
         closed = model.score_memory(
             tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
