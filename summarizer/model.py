@@ -171,9 +171,11 @@ class VistaModel(nn.Module):
             spec.candidate_features,
             spec.rating_head,
             spec.gsu_softmax,
-            gsu_gate=spec.kind == "vista"
-            and spec.uses_memory_bank
-            and spec.gsu_softmax == "separate",
+            gsu_gate=(
+                spec.gsu_gate
+                if spec.kind == "vista" and spec.uses_memory_bank and spec.gsu_softmax == "separate"
+                else None
+            ),
         )
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None
