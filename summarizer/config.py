@@ -101,8 +101,10 @@ class ModelConfig(_Section):
         description="GSU picks in their own softmax (added to the summary attention) or in "
         "the summary tokens' softmax",
     )
-    gsu_gate: float = Field(
-        1.0, description="initial value of the learnable per-head gate on the GSU's attention"
+    gsu_gate: float | None = Field(
+        None,
+        description="a learnable per-head gate on the GSU's attention, started at this value "
+        "(0: the summary alone at first); unset: no gate",
     )
     gsu_k: int = Field(
         0,
@@ -306,6 +308,8 @@ def config_to_toml(cfg: VistaConfig) -> str:
         for name, value in model:
             if isinstance(value, dict):
                 nested.append((name, value))
+            elif value is None:  # TOML has no null: an unset option is written as a comment
+                lines.append(f"# {name} = (unset)")
             else:
                 lines.append(f"{name} = {json.dumps(value)}")
         for name, table in nested:

@@ -73,8 +73,10 @@ class ModelSpec:
     # How the GSU picks meet the summary: their own softmax, added to the summary attention
     # ("separate"), or one softmax over both ("shared"; stalled training, BENCHMARKS.md).
     gsu_softmax: str = "separate"
-    # Initial value of the learnable per-head gate on the separate GSU attention (VISTA).
-    gsu_gate: float = 1.0
+    # A learnable per-head gate on the separate GSU attention (VISTA), started at this value;
+    # None: no gate (the picks' attention is added as it is). Measured in BENCHMARKS.md:
+    # None best on the synthetic data, 0.0 (start as the summary alone) on ml-latest-small.
+    gsu_gate: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

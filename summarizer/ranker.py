@@ -54,7 +54,8 @@ class CandidateRanker(nn.Module):
         super().__init__()
         self.gsu_softmax = gsu_softmax
         # Learnable per-head gate on the GSU's attention (separate softmax next to a summary),
-        # starting at ``gsu_gate`` (ModelSpec.gsu_gate; 0 = the summary alone at first).
+        # starting at ``gsu_gate`` (ModelSpec.gsu_gate; 0 = the summary alone at first; None:
+        # no gate).
         self.gsu_gate = (
             nn.Parameter(torch.full((heads,), float(gsu_gate))) if gsu_gate is not None else None
         )

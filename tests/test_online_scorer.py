@@ -276,8 +276,8 @@ def gsu_world(tmp_path: Path) -> dict[str, Any]:
     from summarizer.store import memory_bank_schema
 
     torch.manual_seed(0)
-    model = VistaModel(dataclasses.replace(SPEC, gsu_k=4)).eval()
-    torch.nn.init.normal_(model.ranker.gsu_gate)  # as if trained: the GSU's attention counts
+    model = VistaModel(dataclasses.replace(SPEC, gsu_k=4, gsu_gate=0.0)).eval()
+    torch.nn.init.normal_(model.ranker.gsu_gate)  # as if trained: a gate that is open
     version = artifacts.save(model, tmp_path / "model")
     model, _ = artifacts.load(tmp_path / "model")
     clock = Clock()

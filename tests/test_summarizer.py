@@ -405,7 +405,7 @@ def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
         VistaModel(dataclasses.replace(SMALL, readout="mlp"))
 
 
-@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared"])
+@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared", "vista-gated"])
 def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> None:
     """Training's causal SIM search (each candidate's top-k of the events before the summary)
     scores exactly like serving with those events as the memory bank (clusters of one)."""
@@ -413,9 +413,12 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
 
     torch.manual_seed(3)
     softmax = "shared" if kind.endswith("-shared") else "separate"
-    kind = kind.removesuffix("-shared")
-    model = VistaModel(dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax)).eval()
-    if model.ranker.gsu_gate is not None:  # open the (zero-initialised) gate
+    gate = 0.0 if kind.endswith("-gated") else None
+    kind = kind.removesuffix("-shared").removesuffix("-gated")
+    model = VistaModel(
+        dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax, gsu_gate=gate)
+    ).eval()
+    if model.ranker.gsu_gate is not None:  # open the gate (it starts closed here)
         torch.nn.init.normal_(model.ranker.gsu_gate)
     events = random_events(60, seed=4)
     now = int(events.ts[-1]) + 3600
