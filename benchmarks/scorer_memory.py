@@ -108,7 +108,7 @@ def measure(model_dir: str, store_uri: str, users: int, requests: int, m: int) -
     # Model part alone: summary and bank already read.
     model = on._models[on.model_version]
     summaries = [on.reader.get_one(int(u)) for u in uids]
-    banks = [on._banks([int(u)], [on.model_version])[0] for u in uids]
+    banks = [on._banks([int(u)], [on.model_version])[0][0] for u in uids]
     part: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(requests):
         cand = [torch.from_numpy(items[i])]
