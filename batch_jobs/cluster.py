@@ -29,12 +29,12 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from batch_jobs.fold import OUTPUT_SCHEMA, worker_model
+from summarizer.banks import encode_events
 from summarizer.clustering import (
     ClusterParams,
     MemoryBank,
@@ -43,8 +43,6 @@ from summarizer.clustering import (
     engagement_levels,
 )
 from summarizer.store import MEMORY_BANK, MemoryBankRecord, SummaryStore, memory_bank_schema
-
-ENCODE_CHUNK = 65_536  # events encoded at once (bounds the encoder's temporaries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,31 +81,6 @@ class ClusterStats:
                 self.max_events_held = max(self.max_events_held, other.max_events_held)
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-def encode_events(
-    model: Any,
-    item: np.ndarray,
-    ts: np.ndarray,
-    action: np.ndarray,
-    weight: np.ndarray,
-    prev_ts: int | None,
-) -> np.ndarray:
-    """The events' bank embeddings (n, d) float32, in chunks, with the time gaps of one pass."""
-    import torch
-
-    from summarizer.encoder import EventBatch
-
-    out = np.empty((len(item), model.spec.d_model), np.float32)
-    for a in range(0, len(item), ENCODE_CHUNK):
-        b = min(a + ENCODE_CHUNK, len(item))
-        events = EventBatch.from_numpy(item[a:b], ts[a:b], action[a:b], weight[a:b])
-        with torch.no_grad():
-            out[a:b] = model.bank_embeddings(events, prev_ts).numpy()
-        # Gaps use the running maximum of earlier times (summarizer.encoder.previous_times).
-        top = int(ts[a:b].max())
-        prev_ts = top if prev_ts is None else max(prev_ts, top)
-    return out
 
 
 class PartitionClusterer:

@@ -32,23 +32,32 @@ from summarizer.clustering import (
     cluster_history_with_labels,
     engagement_levels,
 )
-from summarizer.encoder import EventBatch, previous_times
+from summarizer.encoder import EventBatch
 from summarizer.histories import Histories
 from summarizer.model import VistaModel
 
 ENCODE_CHUNK = 65_536
 
 
-@torch.no_grad()
-def _encode_user(model: VistaModel, hist: Histories, a: int, b: int) -> np.ndarray:
-    out = np.empty((b - a, model.spec.d_model), np.float32)
-    prev: int | None = None
-    for s in range(a, b, ENCODE_CHUNK):
-        e = min(s + ENCODE_CHUNK, b)
-        ts = hist.ts[s:e]
-        events = EventBatch.from_numpy(hist.item_id[s:e], ts, hist.action[s:e], hist.weight[s:e])
-        out[s - a : e - a] = model.encoder(events, previous_times(events.ts, prev)).numpy()
-        prev = int(ts.max()) if prev is None else max(prev, int(ts.max()))
+def encode_events(
+    model: VistaModel,
+    item: np.ndarray,
+    ts: np.ndarray,
+    action: np.ndarray,
+    weight: np.ndarray,
+    prev_ts: int | None = None,
+) -> np.ndarray:
+    """One user's events as memory-bank tokens (n, d) float32 (``VistaModel.bank_embeddings``),
+    encoded in chunks with the time gaps of one pass (``prev_ts``: the user's latest event
+    time before these). Used by the harness and by the Spark cluster job alike."""
+    out = np.empty((len(item), model.spec.d_model), np.float32)
+    for a in range(0, len(item), ENCODE_CHUNK):
+        b = min(a + ENCODE_CHUNK, len(item))
+        events = EventBatch.from_numpy(item[a:b], ts[a:b], action[a:b], weight[a:b])
+        out[a:b] = model.bank_embeddings(events, prev_ts).numpy()
+        # Gaps use the running maximum of earlier times (summarizer.encoder.previous_times).
+        top = int(ts[a:b].max())
+        prev_ts = top if prev_ts is None else max(prev_ts, top)
     return out
 
 
@@ -64,7 +73,9 @@ def bank_partition(
             a, b = int(hist.offsets[u]), int(hist.offsets[u + 1])
             if a == b:
                 continue
-            emb = _encode_user(model, hist, a, b)
+            emb = encode_events(
+                model, hist.item_id[a:b], hist.ts[a:b], hist.action[a:b], hist.weight[a:b]
+            )
             level = engagement_levels(hist.action[a:b], hist.weight[a:b])
             cut = int(np.searchsorted(hist.ts[a:b], cutoff, "left"))
             out = labels[a:b]

@@ -15,12 +15,13 @@
   whole history, chosen by the general search unit (``summarizer.gsu``).
 
 ``gsu_k > 0`` on a ``vista`` model adds the general search unit to VISTA: each
-candidate also attends to its top-``gsu_k`` tokens of the user's memory bank (in
-a softmax of their own whose result is added to the summary attention's, or
-with ``gsu_softmax="shared"`` in the same softmax as the summary tokens) (the events before the summary; served as TWIN-V2 cluster
-tokens with a log(size) bias, a raw event being a cluster of one). The search
-score is the ranker's own attention logit summed over heads (TWIN's consistent
-GSU), so training teaches the search and the attention together.
+candidate also attends to its top-``gsu_k`` tokens of the user's memory bank --
+the events before the summary, served as TWIN-V2 cluster tokens with a
+log(size) bias (a raw event is a cluster of one) -- in a softmax of their own
+whose result is added to the summary attention's (``gsu_softmax="shared"``: in
+the summary tokens' softmax). The search score is the ranker's own attention
+logit summed over heads (TWIN's consistent GSU), so training teaches the search
+and the attention together.
 
 All share the encoder, item table and ranker, so they differ only in how much
 of the history they can use and at what online cost.
@@ -254,14 +255,12 @@ class VistaModel(nn.Module):
         tokens (C, d) unmarked (event encodings or cluster means) and sizes (C,) (None: one
         event each), or None. None when the model has no GSU or no request has a bank.
         """
-        if not self.spec.uses_memory_bank or not any(
-            b is not None and b[0].shape[0] for b in banks
-        ):
+        present = [b for b in banks if b is not None and b[0].shape[0]]
+        if not self.spec.uses_memory_bank or not present:
             return None
         from summarizer import gsu
 
         G = self.spec.gsu_k
-        present = [b for b in banks if b is not None and b[0].shape[0]]
         tokens = torch.cat([b[0].float() for b in present])
         k, v = self.ranker.project_memory(self.mark_memory(tokens))  # all banks in one matmul
         flat_k = k.reshape(k.shape[0], -1).numpy()

@@ -376,8 +376,8 @@ def _user_events(cfg: VistaConfig, user_id: int, days: list[str]) -> tuple[np.nd
 
 def _expected_full(cfg: VistaConfig, user_id: int, days: list[str]) -> Any:
     """The reference: the user's valid events encoded and clustered in this process."""
-    from batch_jobs.cluster import encode_events
     from summarizer import artifacts
+    from summarizer.banks import encode_events
     from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
 
     model, _ = artifacts.load(cfg.model.model_dir)
@@ -422,8 +422,8 @@ def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, 
 def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no_ops(
     spark: Any, world: dict[str, Any]
 ) -> None:
-    from batch_jobs.cluster import encode_events
     from summarizer import artifacts
+    from summarizer.banks import encode_events
     from summarizer.clustering import ClusterParams, MemoryBank, assign_new, engagement_levels
 
     days = world["days"]

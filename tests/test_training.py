@@ -210,9 +210,9 @@ def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path)
     a, b = int(hist.offsets[u]), int(hist.offsets[u + 1])
     cut = int(np.searchsorted(hist.ts[a:b], t1))
     assert 0 < cut < b - a
-    from summarizer.banks import _encode_user
+    from summarizer.banks import encode_events
 
-    emb = _encode_user(model, hist, a, b)
+    emb = encode_events(model, hist.item_id[a:b], hist.ts[a:b], hist.action[a:b], hist.weight[a:b])
     level = engagement_levels(hist.action[a:b], hist.weight[a:b])
     bank, past = cluster_history_with_labels(
         emb[:cut], hist.item_id[a:b][:cut], hist.action[a:b][:cut], level[:cut], params
