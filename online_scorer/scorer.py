@@ -49,7 +49,13 @@ from summarizer import artifacts
 from summarizer.config import VistaConfig
 from summarizer.model import VistaModel
 from summarizer.ranker import context_features
-from summarizer.store import SummaryReader, SummaryResult, SummaryStatus, SummaryStore
+from summarizer.store import (
+    MemoryBankReader,
+    SummaryReader,
+    SummaryResult,
+    SummaryStatus,
+    SummaryStore,
+)
 from summarizer.store_errors import InvalidUserIdError
 from summarizer.store_read import validate_user_ids
 
@@ -134,7 +140,11 @@ class OnlineScorer:
         spec = self._models[self.model_version].spec
         self.reader: SummaryReader = store.open_reader(refresh_interval_s=refresh_interval_s)
         self.reader.expect_shape(spec.num_seeds, spec.d_model)
-        self.bank_reader = store.open_bank_reader(refresh_interval_s=refresh_interval_s)
+        # The memory-bank reader is opened on first use: a scorer whose models have no GSU
+        # never reads the bank table (opening it reads every user's id).
+        self._refresh_interval_s = refresh_interval_s
+        self._bank_reader: MemoryBankReader | None = None
+        self._bank_reader_lock = threading.Lock()
         self._cache: collections.OrderedDict[int, SummaryResult] = collections.OrderedDict()
         self._cache_version = self.reader.version
         self._cache_lock = threading.Lock()
@@ -297,6 +307,15 @@ class OnlineScorer:
             )
         return str(r.model_version), self._models[str(r.model_version)]
 
+    def bank_reader(self) -> MemoryBankReader:
+        """The store's memory-bank reader (opened once, on first use)."""
+        with self._bank_reader_lock:
+            if self._bank_reader is None:
+                self._bank_reader = self.store.open_bank_reader(
+                    refresh_interval_s=self._refresh_interval_s
+                )
+            return self._bank_reader
+
     def _banks(
         self, ids: list[int], versions: list[str]
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], list[bool]]:
@@ -309,7 +328,7 @@ class OnlineScorer:
         }
         if not wanted:
             return [None] * len(ids), [False] * len(ids)
-        rows = self.bank_reader.get(sorted(wanted))
+        rows = self.bank_reader().get(sorted(wanted))
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         skipped = []
         for u, mv in zip(ids, versions, strict=True):
