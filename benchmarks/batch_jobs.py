@@ -148,6 +148,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     new_day, n_valid = make_data(work, args.users, args.max_events, args.giants)
+    # A previous run of this script left the new day in valid/ (its incremental step):
+    # every step before that one reads the days before it only.
+    shutil.rmtree(work / "valid" / f"dt={new_day}", ignore_errors=True)
     model_dir = make_model(work)
     single = in_process_rate(work, model_dir, 1)
     both = in_process_rate(work, model_dir, 2)
@@ -181,7 +184,6 @@ def main() -> None:
             },
         }
     )
-    shutil.rmtree(Path(cfg.data.valid_dir) / f"dt={new_day}", ignore_errors=True)
     spark = build_session(cfg.spark)
     spark.range(10).count()  # JVM warm-up is not the job's cost
 

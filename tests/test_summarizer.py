@@ -581,3 +581,17 @@ def test_gsu_over_clusters_training_path_equals_serving_with_those_cluster_token
                 )
             )
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-5)
+
+
+def test_seed_self_attention_equals_multihead_attention_with_its_weights() -> None:
+    """The read-out's fused seed self-attention is nn.MultiheadAttention(h, h, h) with the same
+    weights, values and gradients (the checkpoint layout is the module's)."""
+    torch.manual_seed(11)
+    block = VistaModel(SMALL).summarizer.readout_layers[0]  # type: ignore[union-attr]
+    h = torch.randn(5, SMALL.num_seeds, SMALL.d_model, requires_grad=True)
+    fused = block._seed_attention(h)
+    (g_fused,) = torch.autograd.grad(fused.square().sum(), h)
+    ref = block.self_attn(h, h, h, need_weights=False)[0]
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), h)
+    assert torch.allclose(fused, ref, atol=1e-6)
+    assert torch.allclose(g_fused, g_ref, atol=1e-5)
