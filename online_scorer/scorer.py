@@ -432,7 +432,8 @@ class OnlineScorer:
         kv_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
         kv_offsets[1:] = torch.cumsum(lengths, 0)
         q_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
-        q_offsets[1:] = torch.cumsum(torch.tensor([len(it) for it in items]), 0)
+        q_counts = torch.tensor([len(it) for it in items])
+        q_offsets[1:] = torch.cumsum(q_counts, 0)
         n_events = torch.tensor([int(r.n_events or 0) for r in summaries])
         hours = torch.tensor(
             [
@@ -444,6 +445,16 @@ class OnlineScorer:
         gathered = None
         if banks is not None:
             gathered = model.gather_banks(q, q_offsets, list(banks), self.gsu_backend)
+        state = None
+        if ranker.state_q is not None:  # readout "state": each candidate reads its user's rows
+            if len(summaries) == 1:
+                state = model.state_read_input(tokens[0] if tokens else None)
+            else:
+                rows = torch.zeros(len(summaries), K, model.spec.d_model)
+                have = [i for i, r in enumerate(summaries) if r.tokens is not None]
+                if have:
+                    rows[have] = mem.view(len(have), K, -1)
+                state = (rows, torch.repeat_interleave(torch.arange(len(summaries)), q_counts))
         logits, _ = ranker(
             cand,
             k,
@@ -453,6 +464,7 @@ class OnlineScorer:
             context_features(n_events, hours),
             memory=gathered,
             q=q,
+            state=state,
         )
         probs = torch.sigmoid(logits).numpy().astype(np.float32)
         return [probs[int(a) : int(b)] for a, b in zip(q_offsets[:-1], q_offsets[1:], strict=True)]

@@ -108,8 +108,11 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
         if spec.uses_memory_bank:  # the bank holds what the summary holds: events before it
             sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
             gathered = _gsu_memory(model, e, q, batch, sp)
+        state = None
+        if ranker.state_q is not None:  # readout "state": each candidate reads its request's rows
+            state = (tokens, inverse[torch.repeat_interleave(torch.arange(R), n_per_req)])
         logits, ratings = ranker(
-            cand, k, vv, batch.cand_offsets, mem_offs, ctx, memory=gathered, q=q
+            cand, k, vv, batch.cand_offsets, mem_offs, ctx, memory=gathered, q=q, state=state
         )
         if recon and model.recon is not None:
             recon_loss = _reconstruction_loss(model, tokens, sum_pos, e, batch)

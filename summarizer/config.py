@@ -84,10 +84,12 @@ class ModelConfig(_Section):
         description="what the state sums per event: a learned value projection per layer "
         "(VISTA) or the encoded event itself",
     )
-    readout: Literal["transformer", "pool"] = Field(
+    readout: Literal["transformer", "pool", "state"] = Field(
         "transformer",
-        description="seed read-out: VISTA's layers (read, projection, self-attention, MLP) "
-        "or pool (the normalized read added to each seed, nothing learned after it)",
+        description="seed read-out: VISTA's layers (read, projection, self-attention, MLP), "
+        "pool (the normalized read added to each seed, nothing learned after it), or state "
+        "(no seeds: the tokens are the state rows and each candidate reads them itself; "
+        "num_seeds = num_layers x feature_dim)",
     )
     chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
     last_k: int = Field(100, ge=1, description="window of the last-k baselines")

@@ -38,6 +38,8 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         # The GSU only where a row asks for it (a configured gsu_k would not fit DIN & co.).
         return dataclasses.replace(base, **{"gsu_k": 0, **kw})  # type: ignore[arg-type]
 
+    rows = base.num_layers * base.feature_dim  # the state read-out's token count
+
     return [
         Variant("no history", spec(kind="none")),
         Variant("mean pooling (all events)", spec(kind="mean")),
@@ -56,6 +58,12 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         Variant(
             "VISTA (event values, pooled read-out) K=16",
             spec(kind="vista", num_seeds=16, values="events", readout="pool"),
+        ),
+        Variant(
+            f"VISTA (state read-out) K={rows}",
+            spec(
+                kind="vista", num_seeds=rows, feature_map="silu", values="events", readout="state"
+            ),
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(
@@ -101,6 +109,8 @@ def online_flops_per_candidate(
     if spec.kind == "vista":
         w = min(spec.recent_window, n_history)
         shared = attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
+        if spec.readout == "state":  # the candidate's weights (d -> H*K) and its read of K rows
+            shared += 2 * d * spec.num_heads * spec.num_seeds + 2 * spec.num_seeds * d
         return ranker + shared + gsu
     if spec.kind == "din":
         return ranker + attend(k) + (kv_proj(k) + encode(k)) / m

@@ -58,7 +58,9 @@ class ModelSpec:
     feature_dim: int = 32
     feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, "softmax" slots, or "seed"
     values: str = "projected"  # summed values: learned W_v e per layer, or the encoded events
-    readout: str = "transformer"  # seed read-out: VISTA's transformer layers, or "pool" (read only)
+    # Seed read-out: VISTA's transformer layers, "pool" (read only), or "state" (no seeds: the
+    # tokens are the state rows, read by each candidate; num_seeds = num_layers * feature_dim).
+    readout: str = "transformer"
     num_layers: int = 2
     item_buckets: int = 1 << 17
     num_actions: int = 8
@@ -103,6 +105,17 @@ class ModelSpec:
                 f"unknown gsu_softmax {self.gsu_softmax!r}; expected one of "
                 f"{', '.join(GSU_SOFTMAXES)}"
             )
+        if self.kind == "vista" and self.readout == "state":
+            rows = self.num_layers * self.feature_dim
+            if self.num_seeds != rows:
+                raise ValueError(
+                    f'readout "state" gives num_layers x feature_dim = {rows} tokens: '
+                    f"num_seeds must be {rows}, got {self.num_seeds}"
+                )
+            if self.feature_map == "seed":
+                raise ValueError(
+                    'readout "state" needs the silu or softmax feature map, not "seed"'
+                )
         if self.gsu_k and self.kind not in ("vista", "sim"):
             raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
 
@@ -179,6 +192,7 @@ class VistaModel(nn.Module):
                 if spec.kind == "vista" and spec.uses_memory_bank and spec.gsu_softmax == "separate"
                 else None
             ),
+            state_tokens=spec.num_seeds if spec.kind == "vista" and spec.readout == "state" else 0,
         )
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None
@@ -321,11 +335,14 @@ class VistaModel(nn.Module):
         hours_since_last: float,
         bank: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         gsu_backend: str = "auto",
+        summary: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score one request's candidates against its memory tokens (N, d). Logits (m,).
 
         ``bank``: the user's memory bank (tokens (C, d), sizes (C,) or None) for models with
-        a GSU (``spec.gsu_k``): each candidate also attends to its top-k bank tokens."""
+        a GSU (``spec.gsu_k``): each candidate also attends to its top-k bank tokens.
+        ``summary``: the request's summary tokens (K, d) again, for the candidates' own read
+        of them (readout "state"; None: no summary, the read is zero)."""
         cand = self.ranker.embed_candidates(item_ids, features)
         q = self.ranker.queries(cand)
         k, v = self.ranker.project_memory(memory)
@@ -340,8 +357,20 @@ class VistaModel(nn.Module):
             ctx,
             memory=gathered,
             q=q,
+            state=self.state_read_input(summary),
         )
         return logits
+
+    def state_read_input(
+        self, summary: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The ranker's ``state`` argument for one request's summary tokens (None when the
+        model has no state read; zeros -- no history -- when the request has no summary)."""
+        if self.ranker.state_q is None:
+            return None
+        if summary is None:
+            summary = torch.zeros(self.spec.num_seeds, self.spec.d_model)
+        return summary.float(), None
 
     @torch.no_grad()
     def score_tokens(
@@ -354,5 +383,10 @@ class VistaModel(nn.Module):
     ) -> torch.Tensor:
         """Score candidates against summary tokens alone (None: no history). Logits (m,)."""
         return self.score_memory(
-            self.memory(tokens, None, None), item_ids, features, n_events, hours_since_last
+            self.memory(tokens, None, None),
+            item_ids,
+            features,
+            n_events,
+            hours_since_last,
+            summary=tokens,
         )

@@ -50,6 +50,7 @@ class CandidateRanker(nn.Module):
         rating_head: bool = False,
         gsu_softmax: str = "separate",
         gsu_gate: float | None = None,
+        state_tokens: int = 0,
     ) -> None:
         super().__init__()
         self.gsu_softmax = gsu_softmax
@@ -72,6 +73,10 @@ class CandidateRanker(nn.Module):
         )
         self.logit = nn.Linear(dim, 1)
         self.rating = nn.Linear(dim, 1) if rating_head else None
+        # VISTA with readout="state": each candidate's weights over the K state-row tokens,
+        # per head (read_state); None for every other model.
+        self.state_tokens = state_tokens
+        self.state_q = nn.Linear(dim, heads * state_tokens) if state_tokens else None
 
     def embed_candidates(
         self, item_ids: torch.Tensor, features: torch.Tensor | None = None
@@ -92,6 +97,27 @@ class CandidateRanker(nn.Module):
         """Embedded candidates (M, d) -> attention queries (M, H, D)."""
         return self.q(cand).view(-1, self.heads, self.head_dim)
 
+    def read_state(
+        self, cand: torch.Tensor, tokens: torch.Tensor, cand_request: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The candidates' linear read of state-row summary tokens: (M, H, D).
+
+        ``out[c, h] = sum_k silu(W c)[h, k] * tokens[r(c), k, h-th slice]``, i.e. linear
+        attention of each candidate over the user's whole history (the tokens are the
+        normalized state rows). ``tokens``: (K, d) for one request, or (R, K, d) with
+        ``cand_request`` (M,) giving each candidate's request (all-zero tokens: no history).
+        """
+        if self.state_q is None:
+            raise ValueError("this ranker has no state read (the model's readout is not 'state')")
+        M, K = cand.shape[0], self.state_tokens
+        w = torch.nn.functional.silu(self.state_q(cand)).view(M, self.heads, K)
+        if tokens.dim() == 2:
+            return torch.einsum("mhk,khd->mhd", w, tokens.view(K, self.heads, self.head_dim))
+        if cand_request is None:
+            raise ValueError("tokens of several requests need cand_request")
+        per_cand = tokens[cand_request].view(M, K, self.heads, self.head_dim)
+        return torch.einsum("mhk,mkhd->mhd", w, per_cand)
+
     @staticmethod
     def gsu_scores(q: torch.Tensor, bank_k: torch.Tensor) -> torch.Tensor:
         """Search scores (M, N): each query's attention logit on each bank key, summed over
@@ -109,13 +135,15 @@ class CandidateRanker(nn.Module):
         kv_bias: torch.Tensor | None = None,
         memory: GatheredMemory | None = None,
         q: torch.Tensor | None = None,
+        state: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Jagged batch of requests -> (logits (M,), ratings (M,) or None).
 
         cand: (M, d) embedded candidates; k, v: (N, H, D) projected memory;
         offsets (R+1,) for candidates and memory; context (R, 2); ``memory``: each
         candidate's gathered bank tokens; ``q``: ``queries(cand)`` if already computed
-        (the GSU needs them first).
+        (the GSU needs them first); ``state``: (tokens, cand_request) for ``read_state``
+        (readout "state"), added to the attention.
         """
         if q is None:
             q = self.queries(cand)
@@ -131,6 +159,8 @@ class CandidateRanker(nn.Module):
             attn = attn + picked
         else:
             attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale, memory=memory)
+        if state is not None and self.state_q is not None:
+            attn = attn + self.read_state(cand, *state)
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
         return self.head(cand, attn.reshape(-1, self.dim), per_cand)
 

@@ -22,6 +22,14 @@ map between the pooled statistic and the ranker stalled training on the
 synthetic data (BENCHMARKS.md, issue 3), as did the value projection
 (``values="events"`` sums the encoded events themselves instead).
 
+``readout="state"`` skips the seeds: the K = num_layers x feature_dim tokens are the
+normalized state rows themselves (token (l, f): feature f's value sum in layer l, every
+head side by side), and each candidate reads them with its own weights
+(``CandidateRanker.read_state``): sum_k silu(W c)_{h,k} token_k[h] -- a linear-attention
+read of the whole history addressed by the candidate, which a fixed set of seed queries
+cannot give. On the synthetic data this took VISTA alone from 0.53 to 0.83 test AUC
+(BENCHMARKS.md, issue 3).
+
 ``feature_map="seed"`` replaces the shared feature space by the seeds themselves:
 each layer has K learned (user-independent) seed queries per head, and an event's
 "feature" k is its softmax weight for seed k, ``exp(clamp(q_k . k_t / sqrt(D), -cap, cap))``.
@@ -46,7 +54,7 @@ from summarizer.encoder import EventBatch, EventEncoder, previous_times
 
 FEATURE_MAPS = ("silu", "softmax", "seed")
 VALUE_MODES = ("projected", "events")
-READOUTS = ("transformer", "pool")
+READOUTS = ("transformer", "pool", "state")
 SEED_LOGIT_CAP = 20.0  # "seed" map: |logit| < cap, so event weights lie in [e^-20, e^20]
 
 
@@ -159,6 +167,17 @@ class VistaSummarizer(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         seed_map = feature_map == "seed"
+        self.readout_mode = readout
+        if readout == "state":
+            if seed_map:
+                raise ValueError(
+                    'readout "state" reads the shared feature rows; the "seed" map has none'
+                )
+            if num_seeds != layers * feature_dim:
+                raise ValueError(
+                    f'readout "state" gives num_layers x feature_dim = {layers * feature_dim} '
+                    f"tokens, so num_seeds must be {layers * feature_dim}, got {num_seeds}"
+                )
         # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
         self.key_dim = self.head_dim if seed_map else feature_dim
         # State rows per head: the shared features, or one per seed.
@@ -169,14 +188,16 @@ class VistaSummarizer(nn.Module):
         self.seed_queries = (
             nn.Parameter(torch.randn(layers, heads, num_seeds, self.head_dim)) if seed_map else None
         )
-        self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02)
+        # "state" has no seeds: the tokens are the state's rows (see readout_batch).
+        stateful = readout != "state"
+        self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02) if stateful else None
         self.readout_layers = nn.ModuleList(
             SeedReadoutLayer(
                 dim, heads, feature_dim, query=not seed_map, mix=readout == "transformer"
             )
-            for _ in range(layers)
+            for _ in range(layers if stateful else 0)
         )
-        self.final_norm = nn.LayerNorm(dim)
+        self.final_norm = nn.LayerNorm(dim) if stateful else None
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
@@ -288,6 +309,12 @@ class VistaSummarizer(nn.Module):
         else:
             # Each seed's softmax average over the events; no events: 0 (values are 0 there).
             kv_mean = (values / torch.where(mass > 0, mass, torch.ones_like(mass))).float()
+        if self.seeds is None or self.final_norm is None:
+            # "state": token (l, f) is feature f's normalized value sum in layer l, the heads
+            # side by side -- (B, L, H, F, D) -> (B, L*F, H*D). Nothing learned in between:
+            # candidates read these rows themselves (CandidateRanker.read_state).
+            L, H, Fd, D = kv_mean.shape[1:]
+            return kv_mean.permute(0, 1, 3, 2, 4).reshape(B, L * Fd, H * D)
         x = self.seeds  # (K, d): the first layer's queries are the same for every user
         for layer, block in enumerate(self.readout_layers):
             x = block(x, kv_mean[:, layer])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from pathlib import Path
@@ -59,10 +60,14 @@ def _summaries(model: VistaModel, version: str, users: list[int], seed: int) -> 
     return out
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> dict[str, Any]:
+# The state read-out (tokens = the state's rows, read by each candidate): 1 layer x 8 features.
+STATE_SPEC = dataclasses.replace(SPEC, values="events", readout="state")
+
+
+@pytest.fixture(params=[SPEC, STATE_SPEC], ids=["vista", "vista-state"])
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = VistaModel(SPEC).eval()
+    model = VistaModel(request.param).eval()
     version = artifacts.save(model, tmp_path / "model")
     model, _ = artifacts.load(tmp_path / "model")
     clock = Clock()

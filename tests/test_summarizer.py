@@ -43,17 +43,22 @@ def random_events(n: int, seed: int = 0, with_weight: bool = False) -> EventBatc
         ("silu", "projected", "transformer"),
         ("seed", "projected", "transformer"),
         ("silu", "events", "pool"),
+        ("silu", "events", "state"),
     ],
 )
 def model(request: pytest.FixtureRequest) -> VistaModel:
     """Every law below holds for VISTA's SiLU map and the seed-softmax map, with the state
-    summing learned value projections or the encoded events themselves, and for both read-outs."""
+    summing learned value projections or the encoded events themselves, and for every read-out
+    (the state read-out has num_layers x feature_dim tokens)."""
     import dataclasses
 
     fmap, values, readout = request.param
+    seeds = SMALL.num_layers * SMALL.feature_dim if readout == "state" else SMALL.num_seeds
     torch.manual_seed(0)
     return VistaModel(
-        dataclasses.replace(SMALL, feature_map=fmap, values=values, readout=readout)
+        dataclasses.replace(
+            SMALL, feature_map=fmap, values=values, readout=readout, num_seeds=seeds
+        )
     ).eval()
 
 
@@ -213,21 +218,24 @@ def test_training_path_equals_serving_path(model: VistaModel) -> None:
         state = summ.fold(summ.empty_state(), events.slice(0, sp))
         first = max(sp, p - w)
         prev = int(events.ts[first - 1]) if first > 0 else None
-        memory = model.memory(summ.readout(state), events.slice(first, p), prev)
+        tokens = summ.readout(state)
+        memory = model.memory(tokens, events.slice(first, p), prev)
         hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
-        served.append(model.score_memory(memory, torch.tensor(c), None, p, hours))
+        served.append(model.score_memory(memory, torch.tensor(c), None, p, hours, summary=tokens))
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", [*KINDS, "vista+gsu"])
+@pytest.mark.parametrize("kind", [*KINDS, "vista+gsu", "vista+state"])
 def test_amortized_equals_per_candidate(kind: str) -> None:
     """m candidates in one pass score exactly as each candidate alone, for every model kind
-    (the GSU ones gather each candidate's own top-k events)."""
+    (the GSU ones gather each candidate's own top-k events; "state": each reads the rows)."""
     torch.manual_seed(1)
     m = VistaModel(
         ModelSpec(
-            kind=kind.removesuffix("+gsu"),
-            num_seeds=8,
+            kind=kind.removesuffix("+gsu").removesuffix("+state"),
+            num_seeds=16 if kind == "vista+state" else 8,
+            values="events" if kind == "vista+state" else "projected",
+            readout="state" if kind == "vista+state" else "transformer",
             d_model=32,
             num_heads=4,
             feature_dim=8,
@@ -595,3 +603,63 @@ def test_seed_self_attention_equals_multihead_attention_with_its_weights() -> No
     (g_ref,) = torch.autograd.grad(ref.square().sum(), h)
     assert torch.allclose(fused, ref, atol=1e-6)
     assert torch.allclose(g_fused, g_ref, atol=1e-5)
+
+
+def test_state_readout_tokens_are_the_state_rows_and_candidates_read_them() -> None:
+    """``readout="state"``: token (l, f) = concat over heads of S[l, h, f, :D] / n, no seeds or
+    read-out layers; a candidate's read is sum_k silu(W c)[h, k] * token_k[h] (by hand), and
+    with no summary the read is zero (the no-history path)."""
+    import dataclasses
+
+    torch.manual_seed(12)
+    spec = dataclasses.replace(SMALL, num_seeds=16, values="events", readout="state")
+    m = VistaModel(spec).eval()
+    summ = m.summarizer
+    assert summ is not None and summ.seeds is None and len(summ.readout_layers) == 0
+    events = random_events(50, seed=13)
+    state, tokens = summ.summarize(events)
+    H, D = spec.num_heads, spec.d_model // spec.num_heads
+    for layer in range(spec.num_layers):
+        for f in range(spec.feature_dim):
+            want = torch.cat([state.kv[layer, h, f, :D] / 50 for h in range(H)]).float()
+            assert torch.allclose(tokens[layer * spec.feature_dim + f], want, atol=1e-6)
+    ranker = m.ranker
+    assert ranker.state_q is not None
+    items = torch.tensor([3, 4, 5])
+    with torch.no_grad():
+        cand = ranker.embed_candidates(items)
+        w = torch.nn.functional.silu(ranker.state_q(cand)).view(3, H, 16)
+        by_hand = torch.stack(
+            [
+                torch.stack(
+                    [
+                        sum(w[c, h, k] * tokens[k, h * D : (h + 1) * D] for k in range(16))
+                        for h in range(H)
+                    ]
+                )
+                for c in range(3)
+            ]
+        )
+        assert torch.allclose(ranker.read_state(cand, tokens), by_hand, atol=1e-5)
+        # Several requests at once: each candidate reads its own request's rows.
+        two = torch.stack([tokens, torch.zeros_like(tokens)])
+        jagged = ranker.read_state(cand, two, torch.tensor([0, 1, 0]))
+        assert torch.allclose(jagged[[0, 2]], by_hand[[0, 2]], atol=1e-5)
+        assert torch.equal(jagged[1], torch.zeros(H, D))
+        # No summary: the read is zero, so scoring equals scoring with all-zero tokens.
+        cold = m.score_memory(torch.zeros(0, spec.d_model), items, None, 0, 0.0, summary=None)
+        zeros = m.score_memory(
+            torch.zeros(0, spec.d_model), items, None, 0, 0.0, summary=torch.zeros(16, 32)
+        )
+    assert torch.allclose(cold, zeros)
+
+
+def test_state_readout_spec_is_checked() -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="num_seeds must be 16"):
+        dataclasses.replace(SMALL, readout="state")
+    with pytest.raises(ValueError, match='not "seed"'):
+        dataclasses.replace(SMALL, num_seeds=16, readout="state", feature_map="seed")
+    # Other kinds ignore the read-out.
+    assert dataclasses.replace(SMALL, kind="mean", readout="state").readout == "state"
