@@ -62,7 +62,11 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         Variant(
             f"VISTA (state read-out) K={rows}",
             spec(
-                kind="vista", num_seeds=rows, feature_map="silu", values="events", readout="state"
+                kind="vista",
+                num_seeds=rows,
+                feature_map="silu" if base.feature_map == "seed" else base.feature_map,
+                values="events",
+                readout="state",
             ),
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
