@@ -59,15 +59,14 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             "VISTA (event values, pooled read-out) K=16",
             spec(kind="vista", num_seeds=16, values="events", readout="pool"),
         ),
-        Variant(
-            f"VISTA (state read-out) K={rows}",
-            spec(
-                kind="vista",
-                num_seeds=rows,
-                feature_map="silu" if base.feature_map == "seed" else base.feature_map,
-                values="events",
-                readout="state",
-            ),
+        *(
+            Variant(
+                f"VISTA (state read-out{label}) K={rows}",
+                spec(
+                    kind="vista", num_seeds=rows, feature_map=fmap, values="events", readout="state"
+                ),
+            )
+            for fmap, label in (("silu", ""), ("softmax", ", softmax slots"))
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(

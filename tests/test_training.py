@@ -97,14 +97,33 @@ def test_batches_cover_every_selected_target_once(small_data: Path) -> None:
     assert seen == sum(len(t) for t in targets)
 
 
-@pytest.mark.parametrize(("gsu_k", "memory"), [(0, "events"), (4, "events"), (4, "clusters")])
-def test_training_reduces_loss_and_learns(small_data: Path, gsu_k: int, memory: str) -> None:
-    """VISTA alone, and VISTA with the GSU over raw events or TWIN-V2 clusters (trained
-    through its gathered attention)."""
+@pytest.mark.parametrize(
+    ("gsu_k", "memory", "readout"),
+    [
+        (0, "events", "transformer"),
+        (0, "events", "state"),
+        (4, "events", "transformer"),
+        (4, "clusters", "transformer"),
+    ],
+)
+def test_training_reduces_loss_and_learns(
+    small_data: Path, gsu_k: int, memory: str, readout: str
+) -> None:
+    """VISTA alone (seed or state read-out), and VISTA with the GSU over raw events or TWIN-V2
+    clusters (trained through its gathered attention)."""
     hist = load_histories(small_data)
     t1, t2 = temporal_split(small_data)
     torch.manual_seed(0)
-    model = VistaModel(dataclasses.replace(TINY, gsu_k=gsu_k, memory=memory))
+    state = {"num_seeds": 8, "values": "events", "feature_map": "softmax"}
+    model = VistaModel(
+        dataclasses.replace(
+            TINY,
+            gsu_k=gsu_k,
+            memory=memory,
+            readout=readout,
+            **(state if readout == "state" else {}),
+        )
+    )
     targets = select_targets(hist, Window(-(2**62), t1), 24, np.random.default_rng(5))
     banks = bank_labels_for(model, hist, t1, FAST)  # None unless memory == "clusters"
     assert (banks is not None) == (memory == "clusters")
