@@ -27,7 +27,8 @@ normalized state rows themselves (token (l, f): feature f's value sum in layer l
 head side by side), and each candidate reads them with its own weights
 (``CandidateRanker.read_state``): sum_k silu(W c)_{h,k} token_k[h] -- a linear-attention
 read of the whole history addressed by the candidate, which a fixed set of seed queries
-cannot give. On the synthetic data this took VISTA alone from 0.53 to 0.83 test AUC
+cannot give. On the synthetic data this took VISTA alone from 0.53 to 0.84-0.87 test AUC
+(softmax slots: above last-100 DIN); on ml-latest-small it is 0.02 below the seed read-out
 (BENCHMARKS.md, issue 3).
 
 ``feature_map="seed"`` replaces the shared feature space by the seeds themselves:
