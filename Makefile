@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@printf '# The demo model has a GSU: each candidate also attends to its top-32 memory-bank tokens.\n[model]\ngsu_k = 32\n[memory]\nenabled = true\n' > $(DEMO_DIR)/vista.toml
+	@printf '# The demo model: the state read-out (the 64 tokens are the summary state rows, softmax slots;\n# each candidate reads them itself) and a GSU (each candidate also attends to its top-32\n# memory-bank tokens).\n[model]\nreadout = "state"\nvalues = "events"\nfeature_map = "softmax"\ngsu_k = 32\n[memory]\nenabled = true\n' > $(DEMO_DIR)/vista.toml
 	@echo "== 1. generate a synthetic lifelong dataset (power-law lengths, bad rows injected)"
 	cd $(DEMO_DIR) && VISTA_SYNTH__END_DATE=$$(date -u -d yesterday +%F) ../$(BIN)/vista data synth --users 1000 --max-events 100000 --quiet
 	@echo "== 2. validate every day with Spark (local[*]): bad rows go to quarantine with a reason, nothing is lost"

@@ -413,18 +413,24 @@ def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
         VistaModel(dataclasses.replace(SMALL, readout="mlp"))
 
 
-@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared", "vista-gated"])
+@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared", "vista-gated", "vista-state"])
 def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> None:
     """Training's causal SIM search (each candidate's top-k of the events before the summary)
-    scores exactly like serving with those events as the memory bank (clusters of one)."""
+    scores exactly like serving with those events as the memory bank (clusters of one); also
+    next to the state read-out's own read."""
     import dataclasses
 
     torch.manual_seed(3)
     softmax = "shared" if kind.endswith("-shared") else "separate"
     gate = 0.0 if kind.endswith("-gated") else None
-    kind = kind.removesuffix("-shared").removesuffix("-gated")
+    state = (
+        {"readout": "state", "values": "events", "feature_map": "softmax", "num_seeds": 16}
+        if kind.endswith("-state")
+        else {}
+    )
+    kind = kind.removesuffix("-shared").removesuffix("-gated").removesuffix("-state")
     model = VistaModel(
-        dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax, gsu_gate=gate)
+        dataclasses.replace(SMALL, kind=kind, gsu_k=5, gsu_softmax=softmax, gsu_gate=gate, **state)
     ).eval()
     if model.ranker.gsu_gate is not None:  # open the gate (it starts closed here)
         torch.nn.init.normal_(model.ranker.gsu_gate)
@@ -441,12 +447,13 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
     w = model.spec.recent_window
     for i, (p, c) in enumerate(zip(positions, cands, strict=True)):
         sp = summary_pos[i] if summary_pos else p
-        memory = torch.zeros(0, model.spec.d_model)
+        memory, tokens = torch.zeros(0, model.spec.d_model), None
         if model.summarizer is not None:
-            state = model.summarizer.fold(model.summarizer.empty_state(), events.slice(0, sp))
+            folded = model.summarizer.fold(model.summarizer.empty_state(), events.slice(0, sp))
             first = max(sp, p - w)
             prev = int(events.ts[first - 1]) if first > 0 else None
-            memory = model.memory(model.summarizer.readout(state), events.slice(first, p), prev)
+            tokens = model.summarizer.readout(folded)
+            memory = model.memory(tokens, events.slice(first, p), prev)
         bank = model.bank_embeddings(events.slice(0, sp))
         hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
         served.append(
@@ -458,6 +465,7 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
                 hours,
                 bank=(bank, torch.ones(sp)),
                 gsu_backend="torch",
+                summary=tokens,
             )
         )
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
