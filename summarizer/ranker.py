@@ -159,7 +159,7 @@ class CandidateRanker(nn.Module):
             attn = attn + picked
         else:
             attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale, memory=memory)
-        if state is not None and self.state_q is not None:
+        if state is not None:
             attn = attn + self.read_state(cand, *state)
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
         return self.head(cand, attn.reshape(-1, self.dim), per_cand)

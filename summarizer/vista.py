@@ -168,17 +168,8 @@ class VistaSummarizer(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         seed_map = feature_map == "seed"
-        self.readout_mode = readout
-        if readout == "state":
-            if seed_map:
-                raise ValueError(
-                    'readout "state" reads the shared feature rows; the "seed" map has none'
-                )
-            if num_seeds != layers * feature_dim:
-                raise ValueError(
-                    f'readout "state" gives num_layers x feature_dim = {layers * feature_dim} '
-                    f"tokens, so num_seeds must be {layers * feature_dim}, got {num_seeds}"
-                )
+        # readout "state" needs num_seeds == layers * feature_dim and no "seed" map: ModelSpec
+        # checks both (it knows the model kind too).
         # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
         self.key_dim = self.head_dim if seed_map else feature_dim
         # State rows per head: the shared features, or one per seed.
@@ -190,15 +181,15 @@ class VistaSummarizer(nn.Module):
             nn.Parameter(torch.randn(layers, heads, num_seeds, self.head_dim)) if seed_map else None
         )
         # "state" has no seeds: the tokens are the state's rows (see readout_batch).
-        stateful = readout != "state"
-        self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02) if stateful else None
+        seeded = readout != "state"
+        self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02) if seeded else None
         self.readout_layers = nn.ModuleList(
             SeedReadoutLayer(
                 dim, heads, feature_dim, query=not seed_map, mix=readout == "transformer"
             )
-            for _ in range(layers if stateful else 0)
+            for _ in range(layers if seeded else 0)
         )
-        self.final_norm = nn.LayerNorm(dim) if stateful else None
+        self.final_norm = nn.LayerNorm(dim) if seeded else None
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
