@@ -188,7 +188,8 @@ class OnlineScorer:
     def from_config(cls, cfg: VistaConfig, **kwargs: Any) -> OnlineScorer:
         """A scorer for the ``[store]`` and ``[model]`` config sections."""
         return cls(
-            SummaryStore.from_config(cfg.store, clock=kwargs.pop("clock", time.time)),
+            # The store and the scorer share one clock (the scorer's: recency features).
+            SummaryStore.from_config(cfg.store, clock=kwargs.get("clock", time.time)),
             [cfg.model.model_dir],
             **kwargs,
         )

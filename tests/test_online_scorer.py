@@ -374,6 +374,25 @@ def test_scorer_with_memory_batches_and_handles_users_without_a_bank(
     assert by_user[8].memory_tokens == len(gsu_world["banks"][8].sizes)
 
 
+def test_a_scorer_from_the_config_uses_the_given_clock_for_recency(
+    gsu_world: dict[str, Any],
+) -> None:
+    """from_config used to hand the clock to the store only: the scorer's recency feature
+    (hours since the last event) then came from the wall clock, not the one given."""
+    from summarizer.config import VistaConfig
+
+    w = gsu_world
+    cfg = VistaConfig.model_validate(
+        {"store": {"uri": str(w["store"].uri)}, "model": {"model_dir": str(w["tmp"] / "model")}}
+    )
+    scorer = OnlineScorer.from_config(cfg, clock=w["clock"], gsu_backend="torch")
+    assert scorer.clock is w["clock"] and scorer.store.clock is w["clock"]
+    items = [3, 17, 250, 9999, 0, 42]
+    np.testing.assert_allclose(
+        scorer.score(8, items).scores, w["scorer"].score(8, items).scores, atol=1e-6
+    )
+
+
 def test_a_memory_bank_of_another_model_is_not_used(gsu_world: dict[str, Any]) -> None:
     """Right after a retrain the banks are still the old model's: the user is scored from
     the summary alone (never with tokens of two models), and the result says so."""
