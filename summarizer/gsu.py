@@ -1,17 +1,21 @@
 """General search unit: each candidate's top-k memory tokens by inner product (SIM soft search).
 
 All m candidates of a request are searched at once against the user's memory
-bank (cluster tokens, or raw event embeddings for short histories). Two exact
+bank (cluster tokens, or raw event embeddings for short histories). Three exact
 backends, same answer:
 
-* ``faiss``: ``IndexFlatIP`` (on the GPU when faiss-gpu and a GPU are there).
-  What ``auto`` picks: on this 2-core CPU (faiss-cpu 1.13.2, m=512, k=32) it
-  was faster than torch with one thread (4.2 vs 5.7 ms at C=10^3, 15.6 vs
-  20.1 ms at C=10^4) and level with two (see BENCHMARKS.md);
+* ``heap`` (what ``auto`` picks on a CPU): the scores by torch matmul, a block
+  of bank tokens at a time, each block pushed into FAISS's per-candidate
+  k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512, k=32) it
+  was the fastest exact search: 7.5 ms at C=10^4 against 10.4 (torch) and
+  12.1 (FAISS IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8 (see
+  BENCHMARKS.md): ``torch.topk`` costs about 5 us a row here;
+* ``faiss``: ``IndexFlatIP``; what ``auto`` picks when faiss-gpu and a GPU are
+  there (the index then runs on the GPU);
 * ``torch``: one (m, C) matmul and ``topk``, the reference.
 
-Both are exact: they return the same tokens wherever scores are not tied
-(tied tokens may come in either order).
+They return the same tokens wherever scores are not tied (tied tokens may
+come in either order).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-Backend = Literal["auto", "torch", "faiss"]
+Backend = Literal["auto", "heap", "torch", "faiss"]
+HEAP_BLOCK = 4096  # bank tokens scored at once by the heap backend: bounds its buffer
 
 
 @functools.cache
@@ -34,9 +39,11 @@ def _faiss_gpu_available() -> bool:
 
 
 def choose_backend(backend: Backend = "auto") -> str:
-    if backend not in ("auto", "torch", "faiss"):
-        raise ValueError(f"unknown GSU backend {backend!r}; expected auto, torch or faiss")
-    return "faiss" if backend == "auto" else backend
+    if backend not in ("auto", "heap", "torch", "faiss"):
+        raise ValueError(f"unknown GSU backend {backend!r}; expected auto, heap, torch or faiss")
+    if backend == "auto":
+        return "faiss" if _faiss_gpu_available() else "heap"
+    return backend
 
 
 def _check(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -57,7 +64,10 @@ def topk(
     q, b, k = _check(queries, bank, k)
     if b.shape[0] == 0:
         return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-    if choose_backend(backend) == "faiss":
+    chosen = choose_backend(backend)
+    if chosen == "heap":
+        return _heap_topk(q, b, k)
+    if chosen == "faiss":
         import faiss
 
         index = faiss.IndexFlatIP(b.shape[1])
@@ -69,3 +79,26 @@ def topk(
     s = torch.from_numpy(q) @ torch.from_numpy(b).T
     scores, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
     return scores.numpy(), idx.numpy().astype(np.int64)
+
+
+def _heap_topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    m, C = q.shape[0], bank.shape[0]
+    scores = np.empty((m, k), np.float32)
+    idx = np.empty((m, k), np.int64)
+    heaps = faiss.float_minheap_array_t()  # one k-heap per candidate, over our arrays
+    heaps.nh, heaps.k = m, k
+    heaps.val, heaps.ids = faiss.swig_ptr(scores), faiss.swig_ptr(idx)
+    heaps.heapify()
+    queries, tokens = torch.from_numpy(q), torch.from_numpy(bank)
+    block = np.empty((m, min(C, HEAP_BLOCK)), np.float32)
+    for j0 in range(0, C, HEAP_BLOCK):
+        j1 = min(C, j0 + HEAP_BLOCK)
+        out = (
+            block[:, : j1 - j0] if j1 - j0 == block.shape[1] else np.empty((m, j1 - j0), np.float32)
+        )
+        torch.mm(queries, tokens[j0:j1].T, out=torch.from_numpy(out))
+        heaps.addn(j1 - j0, faiss.swig_ptr(out), j0)  # ids j0.. for this block's columns
+    heaps.reorder()  # best first
+    return scores, idx

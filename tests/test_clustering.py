@@ -141,8 +141,8 @@ def test_bad_input_is_named() -> None:
         ClusterParams(max_cluster_size=0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-@pytest.mark.parametrize("C,k", [(1, 4), (37, 5), (500, 32)])
+@pytest.mark.parametrize("backend", ["heap", "torch", "faiss", "auto"])
+@pytest.mark.parametrize("C,k", [(1, 4), (37, 5), (500, 32), (9000, 32)])
 def test_gsu_topk_equals_brute_force(backend: str, C: int, k: int) -> None:
     rng = np.random.default_rng(C)
     q = rng.standard_normal((64, 16)).astype(np.float32)
