@@ -6,10 +6,11 @@ backends, same answer:
 
 * ``heap`` (what ``auto`` picks on a CPU): the scores by torch matmul, a block
   of bank tokens at a time, each block pushed into FAISS's per-candidate
-  k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512, k=32) it
-  was the fastest exact search: 7.5 ms at C=10^4 against 10.4 (torch) and
-  12.1 (FAISS IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8 (see
-  BENCHMARKS.md): ``torch.topk`` costs about 5 us a row here;
+  k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512, k=32, two
+  threads) it was the fastest exact search: 7.8 ms at C=10^4 against 11.1
+  (torch) and 12.2 (FAISS IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8;
+  level with FAISS on one thread (see BENCHMARKS.md). ``torch.topk`` costs
+  about 5 us a row here;
 * ``faiss``: ``IndexFlatIP``; what ``auto`` picks when faiss-gpu and a GPU are
   there (the index then runs on the GPU);
 * ``torch``: one (m, C) matmul and ``topk``, the reference.

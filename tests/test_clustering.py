@@ -162,6 +162,9 @@ def test_gsu_edge_cases() -> None:
         topk(q, np.ones((5, 3), np.float32), 2)
     with pytest.raises(ValueError, match="backend"):
         choose_backend("cuda")  # type: ignore[arg-type]
+    for backend in ("heap", "torch", "faiss"):  # a request with no candidates
+        s, i = topk(np.zeros((0, 4), np.float32), np.ones((9, 4), np.float32), 3, backend)  # type: ignore[arg-type]
+        assert s.shape == (0, 3) and i.shape == (0, 3)
 
 
 def test_cluster_cli_builds_a_bank_and_searches_it(
