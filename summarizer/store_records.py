@@ -53,7 +53,7 @@ class StateRecord:
 
     user_id: int
     model_version: str
-    kv: np.ndarray  # float64 (L, H, F, D+1)
+    kv: np.ndarray  # (L, H, F, D+1); float64 in memory (stored as the table's kv_dtype)
     n_events: int
     first_ts: int | None
     last_ts: int | None
@@ -221,24 +221,26 @@ def states_to_batch(
     records: Sequence[StateRecord],
     kv_shape: tuple[int, ...] | None = None,
     model_version: str | None = None,
+    kv_dtype: str = "float32",
 ) -> pa.RecordBatch:
-    """Records -> one record batch with the state schema."""
+    """Records -> one record batch with the state schema (``kv`` stored as ``kv_dtype``)."""
     if not records and (kv_shape is None or model_version is None):
         raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
     shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
     mv = _one_model_version(records, model_version)
+    schema = state_schema(shape, mv, kv_dtype)
     kv = _stack(records, "kv", shape, np.float64)
     arrays = [
         _ints(records, "user_id"),
         pa.array([r.model_version for r in records], type=pa.string()),
-        _fixed_lists(kv, int(np.prod(shape)), np.float64),
+        _fixed_lists(kv, int(np.prod(shape)), np.dtype(kv_dtype)),
         _ints(records, "n_events"),
         _ints(records, "first_ts"),
         _ints(records, "last_ts"),
         _timestamps([r.updated_at for r in records], "updated_at"),
         pa.array([r.through_day for r in records], type=pa.date32()),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=state_schema(shape, mv))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:

@@ -40,6 +40,7 @@ from summarizer.store_schema import (
     check_columns,
     check_summary_shape,
     conform_batch,
+    kv_dtype_of,
     kv_shape_of,
     memory_bank_schema,
     memory_bank_shape,
@@ -104,18 +105,26 @@ def canonical_schema(table: str, metadata: dict[str, str]) -> pa.Schema:
         K, d = int(metadata["vista.K"]), int(metadata["vista.d"])
         return summaries_schema(K, d, mv)
     if table == STATE:
-        return state_schema(kv_shape_of(probe), mv)
+        return state_schema(kv_shape_of(probe), mv, kv_dtype_of(probe))
     C, d = memory_bank_shape(probe)
     return memory_bank_schema(C, d, mv)
 
 
-def _records_to_batch(records: list[Any], schema: pa.Schema | None) -> pa.RecordBatch:
+def _records_to_batch(
+    records: list[Any], schema: pa.Schema | None, existing: pa.Schema | None = None
+) -> pa.RecordBatch:
     first = records[0]
     if isinstance(first, SummaryRecord):
         shape = summary_shape(schema) if schema is not None else (None, None)
         return summaries_to_batch(records, *shape)
     if isinstance(first, StateRecord):
-        return states_to_batch(records, kv_shape_of(schema) if schema is not None else None)
+        # Stored in the existing table's precision (float64 for tables written before
+        # float32 states), else the schema's, else the current default.
+        like = schema if schema is not None else existing
+        dtype = kv_dtype_of(like) if like is not None else "float32"
+        return states_to_batch(
+            records, kv_shape_of(schema) if schema is not None else None, kv_dtype=dtype
+        )
     if isinstance(first, MemoryBankRecord):
         if schema is None:
             raise SchemaMismatchError(
@@ -126,7 +135,9 @@ def _records_to_batch(records: list[Any], schema: pa.Schema | None) -> pa.Record
     raise SchemaMismatchError(f"cannot publish {type(first).__name__} objects")
 
 
-def _as_batches(data: Any, schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
+def _as_batches(
+    data: Any, schema: pa.Schema | None, existing: pa.Schema | None = None
+) -> Iterator[pa.RecordBatch]:
     if isinstance(data, pa.Table):
         yield from data.to_batches(max_chunksize=RECORDS_PER_BATCH)
     elif isinstance(data, pa.RecordBatch):
@@ -139,13 +150,16 @@ def _as_batches(data: Any, schema: pa.Schema | None) -> Iterator[pa.RecordBatch]
             if isinstance(chunk[0], pa.RecordBatch):
                 yield from chunk
             else:
-                yield _records_to_batch(chunk, schema)
+                yield _records_to_batch(chunk, schema, existing)
 
 
 def _target_schema(
-    location: StoreLocation, table: str, first: pa.RecordBatch, schema: pa.Schema | None
+    location: StoreLocation,
+    table: str,
+    first: pa.RecordBatch,
+    schema: pa.Schema | None,
+    existing: pa.Schema | None,
 ) -> pa.Schema:
-    existing = location.open(table).schema if location.exists(table) else None
     if schema is not None:
         meta = metadata_of(schema)
     elif metadata_of(first.schema).get(META_TABLE) == table:
@@ -193,11 +207,12 @@ def stage_fragments(
     before it is written; a failure raises and nothing becomes visible.
     """
     check_table(table)
-    batches = _as_batches(data, schema)
+    existing = location.open(table).schema if location.exists(table) else None
+    batches = _as_batches(data, schema, existing)
     first = next(batches, None)
     if first is None:
         return StagedFragments(table, (), np.zeros(0, np.int64), {})
-    target = _target_schema(location, table, first, schema)
+    target = _target_schema(location, table, first, schema, existing)
     model_version = model_version_of(target)
     ids: list[np.ndarray] = []
     failure: list[BaseException] = []

@@ -73,8 +73,15 @@ def test_record_conversions_round_trip() -> None:
 
     kv = np.random.default_rng(1).standard_normal((2, 2, 3, 5))
     states = [StateRecord(u, MV, kv * u, u, None, 9, T0) for u in range(3)]
-    sback = states_from_table(states_to_batch(states))
-    np.testing.assert_array_equal(sback[2].kv, kv * 2)
+    stored = states_to_batch(states)  # float32 storage: the kv rounded once, read as float64
+    assert stored.schema.field("kv").type.value_type == pa.float32()
+    sback = states_from_table(stored)
+    assert sback[2].kv.dtype == np.float64
+    np.testing.assert_array_equal(sback[2].kv, (kv * 2).astype(np.float32))
+    legacy = states_from_table(states_to_batch(states, kv_dtype="float64"))
+    np.testing.assert_array_equal(legacy[2].kv, kv * 2)
+    with pytest.raises(SchemaMismatchError, match="kv_dtype"):
+        states_to_batch(states, kv_dtype="float16")
 
     banks = [
         MemoryBankRecord(u, MV, np.full((u + 1, D), u, np.float16), np.arange(u + 1), T0)
@@ -96,12 +103,34 @@ def test_states_round_trip_to_summary_state(store: SummaryStore) -> None:
     got = store.get_states([42, 43])
     assert list(got) == [42]
     back = got[42].to_summary_state()
-    assert torch.equal(back.kv, kv)
+    assert back.kv.dtype == torch.float64
+    assert torch.equal(back.kv, kv.float().double())  # stored in float32
     assert (back.n_events, back.first_ts, back.last_ts) == (1234, 10, 99)
     # Re-publishing replaces the state row.
     store.publish([StateRecord.from_summary_state(42, MV, SummaryState(kv * 2, 5, 1, 2), T0)])
     assert rows_of(store, STATE).num_rows == 1
-    assert torch.equal(store.get_states(42)[42].to_summary_state().kv, kv * 2)
+    assert torch.equal(store.get_states(42)[42].to_summary_state().kv, (kv * 2).float().double())
+
+
+def test_a_float64_state_table_keeps_its_precision(store: SummaryStore) -> None:
+    """State tables written before float32 storage hold float64: later writes of records
+    follow the table (no failed incremental run, no mixed column), exactly."""
+    import torch
+
+    from summarizer.store import state_schema
+    from summarizer.store_schema import kv_dtype_of
+    from summarizer.vista import SummaryState
+
+    kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
+    store.publish(
+        [StateRecord.from_summary_state(1, MV, SummaryState(kv, 3, 1, 2), T0)],
+        schema=state_schema(tuple(kv.shape), MV, "float64"),
+    )
+    store.publish([StateRecord.from_summary_state(2, MV, SummaryState(kv * 3, 4, 1, 2), T0)])
+    assert kv_dtype_of(store.schema(STATE)) == "float64"
+    got = store.get_states([1, 2])
+    assert torch.equal(got[1].to_summary_state().kv, kv)
+    assert torch.equal(got[2].to_summary_state().kv, kv * 3)
 
 
 def test_memory_bank_publish_and_read(store: SummaryStore) -> None:
