@@ -53,7 +53,7 @@ class StateRecord:
 
     user_id: int
     model_version: str
-    kv: np.ndarray  # (L, H, F, D+1); float64 in memory (stored as the table's kv_dtype)
+    kv: np.ndarray  # (L, H, F, D+1): float64 when made; as stored when read (float32)
     n_events: int
     first_ts: int | None
     last_ts: int | None
@@ -222,18 +222,29 @@ def states_to_batch(
     kv_shape: tuple[int, ...] | None = None,
     model_version: str | None = None,
     kv_dtype: str = "float32",
+    stacked_kv: np.ndarray | None = None,
 ) -> pa.RecordBatch:
-    """Records -> one record batch with the state schema (``kv`` stored as ``kv_dtype``)."""
+    """Records -> one record batch with the state schema (``kv`` stored as ``kv_dtype``).
+
+    ``stacked_kv``: the records' kv already stacked, (n, *kv_shape) -- a batch job has
+    them as one tensor -- so they are not gathered again record by record."""
     if not records and (kv_shape is None or model_version is None):
         raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
     shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
     mv = _one_model_version(records, model_version)
     schema = state_schema(shape, mv, kv_dtype)
-    kv = _stack(records, "kv", shape, np.float64)
+    if stacked_kv is None:  # stacked straight into the stored precision: one pass
+        kv = _stack(records, "kv", shape, np.dtype(kv_dtype))
+    elif stacked_kv.shape != (len(records), *shape):
+        raise SchemaMismatchError(
+            f"stacked kv has shape {stacked_kv.shape}, expected {(len(records), *shape)}"
+        )
+    else:
+        kv = stacked_kv.astype(kv_dtype, copy=False)
     arrays = [
         _ints(records, "user_id"),
         pa.array([r.model_version for r in records], type=pa.string()),
-        _fixed_lists(kv, int(np.prod(shape)), np.dtype(kv_dtype)),
+        _fixed_lists(kv, int(np.prod(shape)), kv.dtype),
         _ints(records, "n_events"),
         _ints(records, "first_ts"),
         _ints(records, "last_ts"),
@@ -245,7 +256,10 @@ def states_to_batch(
 
 def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
     shape = kv_shape_of(table.schema)
-    kv = fixed_list_values(table.column("kv"), np.float64).reshape(-1, *shape)
+    # As stored (float32; float64 in older tables): to_summary_state converts while it copies.
+    column = table.column("kv")
+    value_type = column.type.value_type.to_pandas_dtype()
+    kv = fixed_list_values(column, value_type).reshape(-1, *shape)
     cols = {name: table.column(name).to_pylist() for name in table.schema.names if name != "kv"}
     return [
         StateRecord(

@@ -64,6 +64,8 @@ def test_tokens_round_trip_bit_exact(store: SummaryStore) -> None:
 
 
 def test_record_conversions_round_trip() -> None:
+    import torch
+
     recs = records(range(5))
     batch = summaries_to_batch(recs)
     assert batch.schema.field("tokens").type == pa.list_(pa.float16(), K * D)
@@ -76,10 +78,16 @@ def test_record_conversions_round_trip() -> None:
     stored = states_to_batch(states)  # float32 storage: the kv rounded once, read as float64
     assert stored.schema.field("kv").type.value_type == pa.float32()
     sback = states_from_table(stored)
-    assert sback[2].kv.dtype == np.float64
+    assert sback[2].kv.dtype == np.float32  # as stored; the fold's state is float64:
+    assert sback[2].to_summary_state().kv.dtype == torch.float64
     np.testing.assert_array_equal(sback[2].kv, (kv * 2).astype(np.float32))
     legacy = states_from_table(states_to_batch(states, kv_dtype="float64"))
     np.testing.assert_array_equal(legacy[2].kv, kv * 2)
+    # The batch job's path: the same states already stacked give the same batch.
+    stacked = np.stack([r.kv for r in states])
+    assert states_to_batch(states, stacked_kv=stacked).equals(stored)
+    with pytest.raises(SchemaMismatchError, match="stacked kv has shape"):
+        states_to_batch(states, stacked_kv=stacked[:2])
     with pytest.raises(SchemaMismatchError, match="kv_dtype"):
         states_to_batch(states, kv_dtype="float16")
 
