@@ -38,10 +38,10 @@ META_K = "vista.K"
 META_D = "vista.d"
 META_C = "vista.C"
 META_KV_SHAPE = "vista.kv_shape"
-# The state's storage precision. float32 since format 2 of the state table: the fold runs
-# in float64 in memory and rounds once per stored day (relative 6e-8, far below the
-# float16 tokens served); half the bytes a batch job reads and writes per touched user.
-# Tables without it were written in float64 and keep being written that way.
+# The state's storage precision, float32 for new tables: the fold runs in float64 in
+# memory and rounds once per stored day (relative 6e-8, far below the float16 tokens
+# served); half the bytes a batch job reads and writes per touched user. State tables
+# without this key were written in float64 and keep being written that way.
 META_KV_DTYPE = "vista.kv_dtype"
 STATE_DTYPES = {"float32": pa.float32(), "float64": pa.float64()}
 FORMAT_VERSION = "1"
