@@ -29,15 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from summarizer.store import (
-    STATE,
-    SUMMARIES,
-    StateRecord,
-    SummaryRecord,
-    SummaryStore,
-    states_to_batch,
-)
-from summarizer.store_schema import kv_dtype_of
+from summarizer.store import STATE, SUMMARIES, StateRecord, SummaryRecord, SummaryStore
 
 FOLD_ORDER = ("user_id", "dt", "ts", "item_id", "action")
 OUTPUT_SCHEMA = pa.schema([pa.field("kind", pa.string()), pa.field("payload", pa.string())])
@@ -123,13 +115,6 @@ class PartitionFolder:
         self.current: _User | None = None
         self.base: dict[int, StateRecord] = {}
         self._staged_users = 0
-        self.kv_dtype: str | None = None  # the state table's, looked up on the first flush
-
-    def _kv_dtype(self) -> str:
-        if self.kv_dtype is None:
-            exists = self.store.exists(STATE)
-            self.kv_dtype = kv_dtype_of(self.store.schema(STATE)) if exists else "float32"
-        return self.kv_dtype
 
     # -- base states (incremental) ----------------------------------------------------------
     def _load_base(self, user_ids: np.ndarray) -> None:
@@ -218,13 +203,10 @@ class PartitionFolder:
         with torch.no_grad():
             tokens = self.summ.readout_batch(kv, n).to(torch.float16).numpy()
         mv, at = self.p.model_version, self.p.computed_at
-        records = [
+        states = [
             StateRecord.from_summary_state(u.user_id, mv, u.state, at, self.p.through_day)
             for u in users
         ]
-        # One Arrow batch from the kv already stacked for the read-out, in the table's
-        # precision (float64 only for state tables from before float32 storage).
-        states = states_to_batch(records, kv_dtype=self._kv_dtype(), stacked_kv=kv.numpy())
         summaries = [
             SummaryRecord(
                 u.user_id, mv, tokens[i], u.state.n_events, u.state.first_ts, u.state.last_ts, at

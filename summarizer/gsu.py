@@ -96,9 +96,7 @@ def _heap_topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.
     block = np.empty((m, min(C, HEAP_BLOCK)), np.float32)
     for j0 in range(0, C, HEAP_BLOCK):
         j1 = min(C, j0 + HEAP_BLOCK)
-        out = (
-            block[:, : j1 - j0] if j1 - j0 == block.shape[1] else np.empty((m, j1 - j0), np.float32)
-        )
+        out = block if j1 - j0 == block.shape[1] else np.empty((m, j1 - j0), np.float32)
         torch.mm(queries, tokens[j0:j1].T, out=torch.from_numpy(out))
         heaps.addn(j1 - j0, faiss.swig_ptr(out), j0)  # ids j0.. for this block's columns
     heaps.reorder()  # best first

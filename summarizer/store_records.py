@@ -138,15 +138,16 @@ def _fixed_lists(values: np.ndarray, width: int, dtype: Any) -> pa.FixedSizeList
 
 
 def _stack(records: Sequence[Any], attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    out = np.empty((len(records), *shape), dtype=dtype)
-    for i, r in enumerate(records):
-        value = np.asarray(getattr(r, attr))
+    values = [np.asarray(getattr(r, attr)) for r in records]
+    for r, value in zip(records, values, strict=True):
         if value.shape != shape:
             raise SchemaMismatchError(
                 f"user {r.user_id}: {attr} has shape {value.shape}, expected {shape}"
             )
-        out[i] = value
-    return out
+    if not values:
+        return np.empty((0, *shape), dtype=dtype)
+    # One copy, converted on the way (as item-wise assignment would: unsafe casting).
+    return np.stack(values, dtype=dtype, casting="unsafe")
 
 
 def _ints(records: Sequence[Any], attr: str) -> pa.Array:
@@ -222,25 +223,14 @@ def states_to_batch(
     kv_shape: tuple[int, ...] | None = None,
     model_version: str | None = None,
     kv_dtype: str = "float32",
-    stacked_kv: np.ndarray | None = None,
 ) -> pa.RecordBatch:
-    """Records -> one record batch with the state schema (``kv`` stored as ``kv_dtype``).
-
-    ``stacked_kv``: the records' kv already stacked, (n, *kv_shape) -- a batch job has
-    them as one tensor -- so they are not gathered again record by record."""
+    """Records -> one record batch with the state schema (``kv`` stored as ``kv_dtype``)."""
     if not records and (kv_shape is None or model_version is None):
         raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
     shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
     mv = _one_model_version(records, model_version)
     schema = state_schema(shape, mv, kv_dtype)
-    if stacked_kv is None:  # stacked straight into the stored precision: one pass
-        kv = _stack(records, "kv", shape, np.dtype(kv_dtype))
-    elif stacked_kv.shape != (len(records), *shape):
-        raise SchemaMismatchError(
-            f"stacked kv has shape {stacked_kv.shape}, expected {(len(records), *shape)}"
-        )
-    else:
-        kv = stacked_kv.astype(kv_dtype, copy=False)
+    kv = _stack(records, "kv", shape, np.dtype(kv_dtype))  # straight into the stored precision
     arrays = [
         _ints(records, "user_id"),
         pa.array([r.model_version for r in records], type=pa.string()),

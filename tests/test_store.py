@@ -83,11 +83,9 @@ def test_record_conversions_round_trip() -> None:
     np.testing.assert_array_equal(sback[2].kv, (kv * 2).astype(np.float32))
     legacy = states_from_table(states_to_batch(states, kv_dtype="float64"))
     np.testing.assert_array_equal(legacy[2].kv, kv * 2)
-    # The batch job's path: the same states already stacked give the same batch.
-    stacked = np.stack([r.kv for r in states])
-    assert states_to_batch(states, stacked_kv=stacked).equals(stored)
-    with pytest.raises(SchemaMismatchError, match="stacked kv has shape"):
-        states_to_batch(states, stacked_kv=stacked[:2])
+    bad = [*states[:2], StateRecord(7, MV, kv[:1], 1, None, 9, T0)]
+    with pytest.raises(SchemaMismatchError, match="user 7: kv has shape"):
+        states_to_batch(bad)
     with pytest.raises(SchemaMismatchError, match="kv_dtype"):
         states_to_batch(states, kv_dtype="float16")
 
