@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from summarizer import artifacts
+from summarizer import artifacts, gsu
 from summarizer.config import VistaConfig
 from summarizer.model import VistaModel
 from summarizer.ranker import context_features
@@ -199,6 +199,8 @@ class OnlineScorer:
         model, version = artifacts.load(model_dir)
         model.require_summarizer()
         model.eval()
+        if self.memory and model.spec.uses_memory_bank:
+            gsu.warm_up(self.gsu_backend)  # type: ignore[arg-type] # compile the search now
         self._models[version] = model
         return version
 

@@ -1,16 +1,19 @@
 """General search unit: each candidate's top-k memory tokens by inner product (SIM soft search).
 
 All m candidates of a request are searched at once against the user's memory
-bank (cluster tokens, or raw event embeddings for short histories). Three exact
+bank (cluster tokens, or raw event embeddings for short histories). Four exact
 backends, same answer:
 
-* ``heap`` (what ``auto`` picks on a CPU): the scores by torch matmul, a block
-  of bank tokens at a time, each block pushed into FAISS's per-candidate
-  k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512, k=32, two
-  threads) it was the fastest exact search: 7.8 ms at C=10^4 against 11.1
-  (torch) and 12.2 (FAISS IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8;
-  level with FAISS on one thread (see BENCHMARKS.md). ``torch.topk`` costs
-  about 5 us a row here;
+* ``int8`` (what ``auto`` picks on a CPU for banks of at least 64 k tokens): an
+  int8 product screens out every token that provably cannot reach a candidate's
+  top k, the rest are scored exactly (:mod:`summarizer.gsu_int8`). Needs numba;
+  smaller banks go to ``heap``;
+* ``heap`` (``auto``'s pick for smaller banks, or without numba): the scores by
+  torch matmul, a block of bank tokens at a time, each block pushed into FAISS's
+  per-candidate k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512,
+  k=32, two threads): 7.8 ms at C=10^4 against 11.1 (torch) and 12.2 (FAISS
+  IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8 (see BENCHMARKS.md).
+  ``torch.topk`` costs about 5 us a row here;
 * ``faiss``: ``IndexFlatIP``; what ``auto`` picks when faiss-gpu and a GPU are
   there (the index then runs on the GPU);
 * ``torch``: one (m, C) matmul and ``topk``, the reference.
@@ -27,7 +30,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-Backend = Literal["auto", "heap", "torch", "faiss"]
+from summarizer import gsu_int8
+
+Backend = Literal["auto", "int8", "heap", "torch", "faiss"]
+BACKENDS = ("auto", "int8", "heap", "torch", "faiss")
 HEAP_BLOCK = 4096  # bank tokens scored at once by the heap backend: bounds its buffer
 
 
@@ -40,11 +46,19 @@ def _faiss_gpu_available() -> bool:
 
 
 def choose_backend(backend: Backend = "auto") -> str:
-    if backend not in ("auto", "heap", "torch", "faiss"):
-        raise ValueError(f"unknown GSU backend {backend!r}; expected auto, heap, torch or faiss")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown GSU backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "faiss" if _faiss_gpu_available() else "heap"
+        if _faiss_gpu_available():
+            return "faiss"
+        return "int8" if gsu_int8.available() else "heap"
     return backend
+
+
+def warm_up(backend: Backend = "auto") -> None:
+    """Get the chosen backend ready (compile the int8 kernel) before the first request."""
+    if choose_backend(backend) == "int8":
+        gsu_int8.warm_up()
 
 
 def _check(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -66,6 +80,10 @@ def topk(
     if b.shape[0] == 0:
         return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
     chosen = choose_backend(backend)
+    if chosen == "int8":
+        if gsu_int8.suitable(b.shape[0], k) and gsu_int8.available():
+            return gsu_int8.topk(q, b, k)
+        chosen = "heap"  # a small bank: the heap search is as fast, and the answer the same
     if chosen == "heap":
         return _heap_topk(q, b, k)
     if chosen == "faiss":

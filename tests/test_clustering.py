@@ -141,7 +141,7 @@ def test_bad_input_is_named() -> None:
         ClusterParams(max_cluster_size=0)
 
 
-@pytest.mark.parametrize("backend", ["heap", "torch", "faiss", "auto"])
+@pytest.mark.parametrize("backend", ["int8", "heap", "torch", "faiss", "auto"])
 @pytest.mark.parametrize("C,k", [(1, 4), (37, 5), (500, 32), (9000, 32)])
 def test_gsu_topk_equals_brute_force(backend: str, C: int, k: int) -> None:
     rng = np.random.default_rng(C)
@@ -162,7 +162,7 @@ def test_gsu_edge_cases() -> None:
         topk(q, np.ones((5, 3), np.float32), 2)
     with pytest.raises(ValueError, match="backend"):
         choose_backend("cuda")  # type: ignore[arg-type]
-    for backend in ("heap", "torch", "faiss"):  # a request with no candidates
+    for backend in ("int8", "heap", "torch", "faiss"):  # a request with no candidates
         s, i = topk(np.zeros((0, 4), np.float32), np.ones((9, 4), np.float32), 3, backend)  # type: ignore[arg-type]
         assert s.shape == (0, 3) and i.shape == (0, 3)
 

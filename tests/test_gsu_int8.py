@@ -1,0 +1,109 @@
+"""The int8-screened GSU search is exact: equal to a float64 brute force on banks
+built to stress its bound (skewed, outliers, ties, zero queries, odd sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from summarizer import gsu, gsu_int8
+
+pytestmark = pytest.mark.skipif(not gsu_int8.available(), reason="numba not installed")
+
+
+def brute(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q.astype(np.float64) @ bank.T.astype(np.float64)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, idx, 1), idx
+
+
+def check(q: np.ndarray, bank: np.ndarray, k: int) -> None:
+    scores, idx = gsu_int8.topk(q, bank, k)
+    want_s, want_i = brute(q, bank, k)
+    assert idx.dtype == np.int64 and scores.dtype == np.float32
+    assert np.array_equal(idx, want_i)
+    assert np.allclose(scores, want_s, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "m,C,d,k",
+    [
+        (64, 2048, 16, 32),  # the smallest bank it takes for k=32
+        (300, 5003, 64, 32),  # C not a multiple of the chunk; three row blocks, the last short
+        (17, 4096, 24, 1),
+        (129, 3000, 64, 8),
+    ],
+)
+def test_equals_brute_force(m: int, C: int, d: int, k: int) -> None:
+    rng = np.random.default_rng(C + k)
+    check(
+        rng.standard_normal((m, d)).astype(np.float32),
+        rng.standard_normal((C, d)).astype(np.float32),
+        k,
+    )
+
+
+def test_skewed_banks_and_outliers() -> None:
+    """Token norms over four orders of magnitude, a decaying spectrum, and a few huge
+    tokens that set the bank's int8 scale: the small tokens quantize to almost nothing,
+    yet the answer must stay exact."""
+    rng = np.random.default_rng(7)
+    C, d = 4000, 32
+    spectrum = np.exp(-np.arange(d) / 6).astype(np.float32)
+    bank = rng.standard_normal((C, d)).astype(np.float32) * spectrum
+    bank *= np.exp(rng.uniform(-4.5, 4.5, (C, 1))).astype(np.float32)
+    bank[rng.integers(0, C, 5)] *= 1000
+    q = (rng.standard_normal((200, d)) * spectrum).astype(np.float32)
+    check(q, bank, 16)
+
+
+def test_ties_and_degenerate_queries() -> None:
+    """Duplicated tokens tie exactly: best first, then by token index (the brute force's
+    stable order). An all-zero query ties every token; a one-hot query many."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((1024, 16)).astype(np.float32)
+    bank = np.concatenate([base, base, base[:100]])  # every token twice or three times
+    q = rng.standard_normal((40, 16)).astype(np.float32)
+    q[0] = 0.0
+    q[1] = 0.0
+    q[1, 3] = 1.0
+    check(q, bank, 20)
+
+
+def test_clustered_bank_like_twin_v2() -> None:
+    """Cluster tokens: many near-duplicates around few centres (scores crowd together at
+    the top, the screening's hardest case)."""
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    bank = centres[rng.integers(0, 40, 6000)] + 0.01 * rng.standard_normal((6000, 64)).astype(
+        np.float32
+    )
+    q = centres[rng.integers(0, 40, 256)] + 0.1 * rng.standard_normal((256, 64)).astype(np.float32)
+    check(q, bank, 32)
+
+
+def test_gsu_routes_small_banks_to_the_heap_search() -> None:
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((8, 16)).astype(np.float32)
+    small = rng.standard_normal((100, 16)).astype(np.float32)
+    assert not gsu_int8.suitable(100, 32)
+    with pytest.raises(ValueError, match="C >= 2048"):
+        gsu_int8.topk(q, small, 32)
+    s, i = gsu.topk(q, small, 32, "int8")  # same answer through the heap search
+    want_s, want_i = brute(q, small, 32)
+    assert np.array_equal(i, want_i)
+    assert gsu.choose_backend("auto") in ("int8", "faiss")
+    empty_s, empty_i = gsu.topk(np.zeros((0, 16), np.float32), np.ones((4096, 16), np.float32), 3)
+    assert empty_s.shape == (0, 3) and empty_i.shape == (0, 3)
+
+
+def test_non_finite_input_falls_back_to_brute_force() -> None:
+    rng = np.random.default_rng(2)
+    bank = rng.standard_normal((2048, 8)).astype(np.float32)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    q[2, 1] = np.inf
+    scores, idx = gsu_int8.topk(q, bank, 4)
+    want_s, want_i = brute(q[[0, 1, 3]], bank, 4)
+    assert np.array_equal(idx[[0, 1, 3]], want_i)
+    zeros = np.zeros((2048, 8), np.float32)
+    assert np.array_equal(gsu_int8.topk(q[:2], zeros, 4)[1], [[0, 1, 2, 3]] * 2)
