@@ -107,3 +107,21 @@ def test_non_finite_input_falls_back_to_brute_force() -> None:
     assert np.array_equal(idx[[0, 1, 3]], want_i)
     zeros = np.zeros((2048, 8), np.float32)
     assert np.array_equal(gsu_int8.topk(q[:2], zeros, 4)[1], [[0, 1, 2, 3]] * 2)
+
+
+def test_concurrent_requests_get_their_own_answers() -> None:
+    """A scorer serves requests from several threads: each gets its own exact answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    jobs = [
+        (
+            rng.standard_normal((96, 16)).astype(np.float32),
+            rng.standard_normal((2048 + 37 * i, 16)).astype(np.float32),
+        )
+        for i in range(6)
+    ]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda job: gsu_int8.topk(job[0], job[1], 32), jobs))
+    for (q, bank), (_, idx) in zip(jobs, got, strict=True):
+        assert np.array_equal(idx, brute(q, bank, 32)[1])
