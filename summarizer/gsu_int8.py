@@ -341,17 +341,39 @@ def _brute_force(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 def topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(m, d) float32 queries, (C, d) float32 bank, 1 <= k, ``suitable(C, k)`` ->
-    scores (m, k) float32 and indices (m, k) int64, best first."""
+    scores (m, k) float32 and indices (m, k) int64, best first. Uses as many threads as
+    torch does."""
+    import numba
+
+    if not suitable(bank.shape[0], k):
+        raise ValueError(
+            f"int8 search needs C >= {2 * CHUNK * k} tokens for k={k}, got {bank.shape[0]}"
+        )
+    if q.shape[0] == 0:
+        return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+    threads = torch.get_num_threads()
+    with _lock:
+        try:
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+            # numba's OpenMP pool can resolve to torch's runtime (torch loads it globally)
+            # and set its thread count to numba's when it starts: keep the caller's
+            _keep_torch_threads(threads)
+            return _search(q, bank, k)
+        finally:
+            _keep_torch_threads(threads)
+
+
+def _keep_torch_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _search(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     import numba
 
     m, d = q.shape
-    C = bank.shape[0]
-    if not suitable(C, k):
-        raise ValueError(f"int8 search needs C >= {2 * CHUNK * k} tokens for k={k}, got {C}")
     scores = np.empty((m, k), np.float64)
     idx = np.empty((m, k), np.int64)
-    if m == 0:
-        return scores.astype(np.float32), idx
     token_sizes, prepare_bank, prepare_queries, kernel = _kernels()
     size = token_sizes(bank)
     top = size.max()  # inf if any token is not finite
@@ -375,21 +397,19 @@ def topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     ncand = np.zeros(m, np.int64)
     ip, M = _buffers(rows, nc)
     bqt, qq = torch.from_numpy(bq_np).T, torch.from_numpy(qq_np)
-    with _lock:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        for r0 in range(0, m, rows):
-            r1 = min(m, r0 + rows)
-            n = r1 - r0
-            ipb = ip[:n]
-            torch._int_mm(qq[r0:r1], bqt, out=ipb)
-            if len(pad):
-                ipb[:, pad] = torch.iinfo(torch.int32).min  # padding is never a chunk's best
-            torch.amax(ipb.view(n, nc, CHUNK), -1, out=M[:n])
-            kernel(
-                ipb.numpy(), M[:n].numpy(), q[r0:r1], bank, tok_np, inv_a[r0:r1], off[r0:r1],
-                norms_np, chunk_norms, scale_np, 1 / scale_np, k, v, cidx, buf, cs, cj,
-                scores[r0:r1], idx[r0:r1], ncand[r0:r1],
-            )  # fmt: skip
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        n = r1 - r0
+        ipb = ip[:n]
+        torch._int_mm(qq[r0:r1], bqt, out=ipb)
+        if len(pad):
+            ipb[:, pad] = torch.iinfo(torch.int32).min  # padding is never a chunk's best
+        torch.amax(ipb.view(n, nc, CHUNK), -1, out=M[:n])
+        kernel(
+            ipb.numpy(), M[:n].numpy(), q[r0:r1], bank, tok_np, inv_a[r0:r1], off[r0:r1],
+            norms_np, chunk_norms, scale_np, 1 / scale_np, k, v, cidx, buf, cs, cj,
+            scores[r0:r1], idx[r0:r1], ncand[r0:r1],
+        )  # fmt: skip
     over = np.flatnonzero(ncand < 0)
     if len(over):
         scores[over], idx[over] = _brute_force(q[over], bank, k)

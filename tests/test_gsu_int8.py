@@ -3,6 +3,8 @@ built to stress its bound (skewed, outliers, ties, zero queries, odd sizes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,28 @@ def test_concurrent_requests_get_their_own_answers() -> None:
         got = list(pool.map(lambda job: gsu_int8.topk(job[0], job[1], 32), jobs))
     for (q, bank), (_, idx) in zip(jobs, got, strict=True):
         assert np.array_equal(idx, brute(q, bank, 32)[1])
+
+
+def test_the_callers_torch_thread_count_is_kept() -> None:
+    """numba's thread pool may share torch's OpenMP runtime and set its thread count when
+    it starts (the first search of a process): the caller's setting must stay. A fresh
+    process, since this test session's pool is long started."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch, faiss\n"
+        "torch.set_num_threads(1)\n"
+        "from summarizer import gsu\n"
+        "rng = np.random.default_rng(4)\n"
+        "q = rng.standard_normal((64, 16)).astype(np.float32)\n"
+        "bank = rng.standard_normal((4096, 16)).astype(np.float32)\n"
+        "for backend in ('torch', 'faiss', 'heap', 'int8'):\n"  # as in a benchmark
+        "    gsu.topk(q, bank, 8, backend)\n"
+        "print(torch.get_num_threads(), faiss.omp_get_max_threads())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "1"]
