@@ -91,12 +91,12 @@ def check_exact(q: np.ndarray, bank: np.ndarray, k: int, backend: str) -> int:
     return int((got != want).any(axis=1).sum())
 
 
-def part_b(requests: int) -> list[dict]:
+def part_b(requests: int, thread_counts: tuple[int, ...] = (1, 2)) -> list[dict]:
     import faiss
 
     rows = []
     rng = np.random.default_rng(1)
-    for threads in (1, 2):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
         for C in (1000, 10_000):
@@ -129,31 +129,37 @@ def part_b(requests: int) -> list[dict]:
 
 
 def part_b_processes(requests: int, processes: int) -> list[dict]:
-    """part B in fresh interpreters, one after the other: on this shared machine one
-    process can run a memory-bound search ~1.5x slower than the next for its whole life,
-    so each cell's p50 is quoted as the median over processes, with the range."""
-    runs: list[list[dict]] = []
+    """part B in fresh interpreters, one per thread count and repeat: on this shared
+    machine a process can run the memory-bound searches ~1.5x slower than the next one,
+    and a process that changes torch's thread count half way (1, then 2) tends to stay
+    in that slow state; so each thread count gets its own processes, and each cell's p50
+    is quoted as the median over them, with the range."""
+    runs: dict[int, list[list[dict]]] = {1: [], 2: []}
     for i in range(processes):
-        print(f"-- part B, process {i + 1} of {processes}")
-        cmd = [sys.executable, __file__, "--gsu-worker", "--requests", str(requests)]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        print(done.stdout.rstrip().split("\nROWS ")[0])
-        runs.append(json.loads(done.stdout.split("\nROWS ", 1)[1]))
+        for threads in runs:
+            print(f"-- part B, {threads} thread(s), process {i + 1} of {processes}")
+            cmd = [sys.executable, __file__, "--gsu-worker", str(threads)]
+            done = subprocess.run(
+                [*cmd, "--requests", str(requests)], check=True, capture_output=True, text=True
+            )
+            print(done.stdout.rstrip().split("\nROWS ")[0])
+            runs[threads].append(json.loads(done.stdout.split("\nROWS ", 1)[1]))
     rows = []
-    for cells in zip(*runs, strict=True):
-        p50s = [c["p50_ms"] for c in cells]
-        row = {k: v for k, v in cells[0].items() if k not in ("p50_ms", "p99_ms")}
-        row |= {
-            "p50_ms_median": float(np.median(p50s)),
-            "p50_ms_per_process": p50s,
-            "p99_ms_per_process": [c["p99_ms"] for c in cells],
-        }
-        rows.append(row)
-        print(
-            f"gsu m=512 k=32 C={row['C']:>6,} threads={row['threads']} {row['backend']:>5}: "
-            f"p50 median {row['p50_ms_median']:.2f} ms over {processes} processes "
-            f"(range {min(p50s):.2f}-{max(p50s):.2f})"
-        )
+    for per_process in runs.values():
+        for cells in zip(*per_process, strict=True):
+            p50s = [c["p50_ms"] for c in cells]
+            row = {k: v for k, v in cells[0].items() if k not in ("p50_ms", "p99_ms")}
+            row |= {
+                "p50_ms_median": float(np.median(p50s)),
+                "p50_ms_per_process": p50s,
+                "p99_ms_per_process": [c["p99_ms"] for c in cells],
+            }
+            rows.append(row)
+            print(
+                f"gsu m=512 k=32 C={row['C']:>6,} threads={row['threads']} "
+                f"{row['backend']:>5}: p50 median {row['p50_ms_median']:.2f} ms over "
+                f"{processes} processes (range {min(p50s):.2f}-{max(p50s):.2f})"
+            )
     return rows
 
 
@@ -164,12 +170,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--skip-cluster", action="store_true", help="part B only")
     ap.add_argument("--processes", type=int, default=3, help="part B: fresh interpreters")
-    ap.add_argument("--gsu-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gsu-worker", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(HERE / "out" / "memory_bank.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.gsu_worker:  # one process of part B: rows as JSON on the last line
-        print("\nROWS " + json.dumps(part_b(args.requests)))
+        print("\nROWS " + json.dumps(part_b(args.requests, (args.gsu_worker,))))
         return
     out = {
         "command": " ".join(sys.argv),

@@ -7,13 +7,13 @@ backends, same answer:
 * ``int8`` (what ``auto`` picks on a CPU for banks of at least 64 k tokens): an
   int8 product screens out every token that provably cannot reach a candidate's
   top k, the rest are scored exactly (:mod:`summarizer.gsu_int8`). Needs numba;
-  smaller banks go to ``heap``;
+  smaller banks go to ``heap``. On this 2-core CPU (m=512, k=32, two threads):
+  4.6 ms at C=10^4 against 8.0 (heap), 11.0 (torch), 12.1 (FAISS IndexFlatIP);
 * ``heap`` (``auto``'s pick for smaller banks, or without numba): the scores by
   torch matmul, a block of bank tokens at a time, each block pushed into FAISS's
-  per-candidate k-heaps (``float_minheap_array_t``). On this 2-core CPU (m=512,
-  k=32, two threads): 7.8 ms at C=10^4 against 11.1 (torch) and 12.2 (FAISS
-  IndexFlatIP), 2.1 ms at C=10^3 against 2.9 / 2.8 (see BENCHMARKS.md).
-  ``torch.topk`` costs about 5 us a row here;
+  per-candidate k-heaps (``float_minheap_array_t``): 2.0 ms at C=10^3 against
+  2.8 (torch) and 2.7 (FAISS) (see BENCHMARKS.md). ``torch.topk`` costs about
+  5 us a row here;
 * ``faiss``: ``IndexFlatIP``; what ``auto`` picks when faiss-gpu and a GPU are
   there (the index then runs on the GPU);
 * ``torch``: one (m, C) matmul and ``topk``, the reference.
