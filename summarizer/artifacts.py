@@ -62,20 +62,43 @@ def save(
     return version
 
 
+def describe(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, str]:
+    """A model folder's spec and version without loading its weights: the version recorded
+    at save (hashed from the files only where none is recorded). For a job's driver, which
+    hands the version to its workers; each worker's :func:`load` hashes the files and
+    refuses a folder whose files do not match it."""
+    d = Path(model_dir)
+    meta = _read_config(d)
+    if not (d / WEIGHTS).exists():
+        raise ModelArtifactError(
+            f"model folder {d} has no {WEIGHTS} (train one with `vista train`)"
+        )
+    version = meta.get("version")
+    return _spec(d, meta), version if isinstance(version, str) else model_version(d)
+
+
+def _read_config(d: Path) -> dict:
+    if not (d / CONFIG).exists():
+        raise ModelArtifactError(f"model folder {d} has no {CONFIG} (train one with `vista train`)")
+    return json.loads((d / CONFIG).read_text())
+
+
+def _spec(d: Path, meta: dict) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(meta["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelArtifactError(f"{d / CONFIG}: invalid model config: {exc}") from exc
+
+
 def load(model_dir: str | os.PathLike[str]) -> tuple[VistaModel, str]:
     """Load a model folder; checks that the recorded version matches the files."""
     d = Path(model_dir)
-    for name in (CONFIG, WEIGHTS):
-        if not (d / name).exists():
-            raise ModelArtifactError(
-                f"model folder {d} has no {name} (train one with `vista train`)"
-            )
-    meta = json.loads((d / CONFIG).read_text())
-    try:
-        spec = ModelSpec.from_dict(meta["spec"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelArtifactError(f"{d / CONFIG}: invalid model config: {exc}") from exc
-    model = VistaModel(spec)
+    meta = _read_config(d)
+    if not (d / WEIGHTS).exists():
+        raise ModelArtifactError(
+            f"model folder {d} has no {WEIGHTS} (train one with `vista train`)"
+        )
+    model = VistaModel(_spec(d, meta))
     try:
         load_model(model, str(d / WEIGHTS), strict=True)
     except RuntimeError as exc:

@@ -124,6 +124,13 @@ class ModelSpec:
         """Candidates gather top-k tokens from a memory bank (GSU)."""
         return self.gsu_k > 0
 
+    def require_summarizer(self) -> None:
+        """Raise unless this kind of model summarizes histories (only 'vista' does)."""
+        if self.kind != "vista":
+            raise ValueError(
+                f"model kind {self.kind!r} has no summarizer; only 'vista' models summarize"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -301,10 +308,8 @@ class VistaModel(nn.Module):
 
     # ---- serving-side helpers (VISTA) ------------------------------------------------------
     def require_summarizer(self) -> VistaSummarizer:
-        if self.summarizer is None:
-            raise ValueError(
-                f"model kind {self.spec.kind!r} has no summarizer; only 'vista' models summarize"
-            )
+        self.spec.require_summarizer()
+        assert self.summarizer is not None  # every 'vista' model has one
         return self.summarizer
 
     @torch.no_grad()

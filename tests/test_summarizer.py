@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,43 @@ def test_fold_segments_equals_fold_per_user(
         assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="offsets"):
         summ.fold_segments(states, joined, offsets[:-1])
+
+
+def test_fold_segments_long_short_late_and_across_chunks(model: VistaModel) -> None:
+    """The batched fold against one user at a time where its paths differ: segments
+    longer than the short-segment buckets, every bucket width, segments split by chunk
+    boundaries, late events (older than ones folded before them) and started states."""
+    summ = model.summarizer
+    assert summ is not None
+    lengths = [0, 3, 130, 1, 64, 65, 7, 2, 33, 0, 16, 300]
+    events = []
+    for i, n in enumerate(lengths):
+        e = random_events(n, seed=40 + i)
+        if n > 4:  # a few late events: out of time order
+            e.ts[n // 2 : n // 2 + 3] -= 10**8
+        events.append(e)
+    states = [
+        summ.fold(summ.empty_state(), random_events(5, seed=7 + i)) if i % 2 else summ.empty_state()
+        for i in range(len(lengths))
+    ]
+    joined = EventBatch(
+        *(torch.cat([getattr(e, f) for e in events]) for f in EventBatch.__dataclass_fields__)
+    )
+    offsets = np.r_[0, np.cumsum(lengths)].tolist()
+    chunk = summ.chunk_size
+    try:
+        summ.chunk_size = 100  # segments cross chunk boundaries
+        got = summ.fold_segments(states, joined, offsets)
+    finally:
+        summ.chunk_size = chunk
+    for state, ev, out in zip(states, events, got, strict=True):
+        want = summ.fold(state, ev)
+        assert (out.n_events, out.first_ts, out.last_ts) == (
+            want.n_events,
+            want.first_ts,
+            want.last_ts,
+        )
+        assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
 
 
 def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:
@@ -313,6 +351,28 @@ def test_load_refuses_tampered_or_incomplete_folders(tmp_path: Path, model: Vist
         artifacts.load(tmp_path / "m")
     with pytest.raises(artifacts.ModelArtifactError, match="no config.json"):
         artifacts.load(tmp_path / "empty")
+
+
+def test_describe_reads_spec_and_version_without_the_weights(
+    tmp_path: Path, model: VistaModel
+) -> None:
+    """A job's driver reads the recorded version; hashing happens where weights load."""
+    import json
+
+    v = artifacts.save(model, tmp_path / "m")
+    spec, version = artifacts.describe(tmp_path / "m")
+    assert spec == model.spec and version == v
+    # A folder saved before versions were recorded: hashed from the files.
+    meta = json.loads((tmp_path / "m" / artifacts.CONFIG).read_text())
+    del meta["version"]
+    (tmp_path / "m" / artifacts.CONFIG).write_text(json.dumps(meta))
+    assert artifacts.describe(tmp_path / "m")[1] == v
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / artifacts.CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(artifacts.ModelArtifactError, match="no model.safetensors"):
+        artifacts.describe(tmp_path / "w")
+    with pytest.raises(ValueError, match="only 'vista' models summarize"):
+        dataclasses.replace(model.spec, kind="din").require_summarizer()
 
 
 def test_softmax_slots_fold_law_and_scale() -> None:
