@@ -86,7 +86,7 @@ def _kernels():  # type: ignore[no-untyped-def]
     from numba import njit, prange
 
     @njit(parallel=True, cache=True, boundscheck=False)
-    def token_sizes(bank):  # noqa: ANN001, ANN202
+    def token_sizes(bank):
         """max|b_j| of every token (inf where a token is not finite)."""
         C, d = bank.shape
         size = np.empty(C, np.float64)
@@ -101,7 +101,7 @@ def _kernels():  # type: ignore[no-untyped-def]
         return size
 
     @njit(parallel=True, cache=True, boundscheck=False)
-    def prepare_bank(bank, size, span_log2, max_groups, ch, h):  # noqa: ANN001, ANN202
+    def prepare_bank(bank, size, span_log2, max_groups, ch, h):
         """Tokens grouped by size (max|b_j| within a factor 2**span_log2 a group), each group
         with its own int8 scale and padded to whole chunks -> int8 tokens (Cp, d), the bank
         row of each column (-1: padding), h N_j per column, each chunk's scale."""
@@ -146,7 +146,7 @@ def _kernels():  # type: ignore[no-untyped-def]
         return bq, tok, norms, scale
 
     @njit(cache=True, boundscheck=False)
-    def prepare_queries(q, h):  # noqa: ANN001, ANN202
+    def prepare_queries(q, h):
         """Per-row int8 scale a_r -> int8 queries, 1 / a_r, and h A_r + d h^2 + slack."""
         m, d = q.shape
         qq = np.empty((m, d), np.int8)
