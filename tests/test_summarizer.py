@@ -15,6 +15,7 @@ from summarizer import artifacts
 from summarizer.batching import TargetBatch, forward_targets
 from summarizer.encoder import EventBatch, previous_times
 from summarizer.model import KINDS, ModelSpec, VistaModel
+from summarizer.vista import SummaryState, VistaSummarizer
 
 SMALL = ModelSpec(
     num_seeds=8,
@@ -90,6 +91,30 @@ def test_fold_in_pieces_equals_whole(
     assert torch.allclose(state.kv, whole_state.kv, rtol=1e-5, atol=1e-6 * scale)
 
 
+def back_to_back(events: list[EventBatch]) -> tuple[EventBatch, list[int]]:
+    """Users' events laid back to back, and the offsets of each user's segment."""
+    joined = EventBatch(
+        *(torch.cat([getattr(e, f) for e in events]) for f in EventBatch.__dataclass_fields__)
+    )
+    return joined, np.r_[0, np.cumsum([len(e) for e in events])].tolist()
+
+
+def assert_folds_like_one_at_a_time(
+    summ: VistaSummarizer,
+    states: list[SummaryState],
+    events: list[EventBatch],
+    got: list[SummaryState],
+) -> None:
+    for state, ev, out in zip(states, events, got, strict=True):
+        want = summ.fold(state, ev)
+        assert (out.n_events, out.first_ts, out.last_ts) == (
+            want.n_events,
+            want.first_ts,
+            want.last_ts,
+        )
+        assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=20, deadline=None)
 @given(lengths=st.lists(st.integers(0, 20), min_size=1, max_size=6), started=st.booleans())
 def test_fold_segments_equals_fold_per_user(
@@ -103,19 +128,9 @@ def test_fold_segments_equals_fold_per_user(
         summ.fold(summ.empty_state(), random_events(3, seed=99)) if started else summ.empty_state()
         for _ in lengths
     ]
-    joined = EventBatch(
-        *(torch.cat([getattr(e, f) for e in events]) for f in EventBatch.__dataclass_fields__)
-    )
-    offsets = np.r_[0, np.cumsum(lengths)].tolist()
+    joined, offsets = back_to_back(events)
     got = summ.fold_segments(states, joined, offsets)
-    for state, ev, out in zip(states, events, got, strict=True):
-        want = summ.fold(state, ev)
-        assert (out.n_events, out.first_ts, out.last_ts) == (
-            want.n_events,
-            want.first_ts,
-            want.last_ts,
-        )
-        assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
+    assert_folds_like_one_at_a_time(summ, states, events, got)
     with pytest.raises(ValueError, match="offsets"):
         summ.fold_segments(states, joined, offsets[:-1])
 
@@ -137,24 +152,14 @@ def test_fold_segments_long_short_late_and_across_chunks(model: VistaModel) -> N
         summ.fold(summ.empty_state(), random_events(5, seed=7 + i)) if i % 2 else summ.empty_state()
         for i in range(len(lengths))
     ]
-    joined = EventBatch(
-        *(torch.cat([getattr(e, f) for e in events]) for f in EventBatch.__dataclass_fields__)
-    )
-    offsets = np.r_[0, np.cumsum(lengths)].tolist()
+    joined, offsets = back_to_back(events)
     chunk = summ.chunk_size
     try:
         summ.chunk_size = 100  # segments cross chunk boundaries
         got = summ.fold_segments(states, joined, offsets)
     finally:
         summ.chunk_size = chunk
-    for state, ev, out in zip(states, events, got, strict=True):
-        want = summ.fold(state, ev)
-        assert (out.n_events, out.first_ts, out.last_ts) == (
-            want.n_events,
-            want.first_ts,
-            want.last_ts,
-        )
-        assert torch.allclose(out.kv, want.kv, rtol=1e-5, atol=1e-5)
+    assert_folds_like_one_at_a_time(summ, states, events, got)
 
 
 def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:
