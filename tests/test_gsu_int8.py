@@ -152,3 +152,34 @@ def test_the_callers_torch_thread_count_is_kept() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
+    """End to end through the model (the scorer's path): a bank large enough for the int8
+    search gathers the same tokens, and gives the same logits, as the torch reference."""
+    import dataclasses
+
+    import torch
+
+    from summarizer.model import ModelSpec, VistaModel
+
+    torch.manual_seed(0)
+    spec = ModelSpec(num_seeds=8, d_model=32, num_heads=2, item_buckets=1024, gsu_k=8)
+    model = VistaModel(dataclasses.replace(spec, gsu_gate=0.0)).eval()
+    torch.nn.init.normal_(model.ranker.gsu_gate)
+    tokens = torch.randn(3000, spec.d_model)
+    sizes = torch.randint(1, 50, (3000,))
+    assert gsu_int8.suitable(3000, spec.gsu_k)
+    memory = torch.randn(12, spec.d_model)
+    items = torch.arange(200) * 7
+    logits = {
+        b: model.score_memory(memory, items, None, 500, 3.0, (tokens, sizes), gsu_backend=b)
+        for b in ("torch", "int8")
+    }
+    assert torch.allclose(logits["int8"], logits["torch"], atol=1e-5)
+    q = model.ranker.queries(model.ranker.embed_candidates(items, None))
+    picks = {
+        b: model.gather_banks(q, torch.tensor([0, 200]), [(tokens, sizes)], b).idx
+        for b in ("torch", "int8")
+    }
+    assert torch.equal(picks["int8"], picks["torch"])
