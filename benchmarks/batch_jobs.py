@@ -162,7 +162,13 @@ def main() -> None:
         "(the issue's 10^7; the generator's default 50 made 7.4M)",
     )
     ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        help="summarize partitions (0: the job's default: 2 a core for full runs, 1 a core "
+        "for incremental days)",
+    )
     ap.add_argument(
         "--readout",
         choices=("transformer", "state"),
@@ -273,6 +279,8 @@ def main() -> None:
     result = {
         "master": args.master,
         "partitions": args.partitions,
+        "partitions_full": full.get("partitions"),
+        "partitions_incremental": inc.get("partitions"),
         "readout": args.readout,
         "users": full["users_updated"],
         "events_full": full["rows_read"],

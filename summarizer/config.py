@@ -158,7 +158,10 @@ class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "vista-memory"
     partitions: int = Field(
-        0, ge=0, description="summarize partitions (0: 2 per core of the default parallelism)"
+        0,
+        ge=0,
+        description="summarize partitions (0: per core of the default parallelism, 2 for full "
+        "runs, 1 for incremental days)",
     )
     users_per_flush: int = Field(
         2048, ge=1, description="users per staged fragment (bounds a worker's output buffer)"

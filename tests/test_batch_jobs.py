@@ -481,3 +481,12 @@ def test_cluster_refuses_a_model_without_a_gsu(spark: Any, world: dict[str, Any]
     cfg = _gsu_cfg(world, "cluster-empty")
     with pytest.raises(jobs.JobError, match="cluster --full"):
         jobs.run_cluster(spark, cfg, mode="incremental", day=world["days"][-1])
+
+
+def test_summarize_partitions_by_mode() -> None:
+    """Full runs: two tasks a core (long histories balance); incremental days: one a core
+    (many short users, less per-task start-up); a configured number always wins."""
+    assert jobs.summarize_partitions(0, 2, "full") == 4
+    assert jobs.summarize_partitions(0, 2, "incremental") == 2
+    assert jobs.summarize_partitions(0, 0, "incremental") == 1
+    assert jobs.summarize_partitions(3, 2, "full") == jobs.summarize_partitions(3, 2, "incremental")
