@@ -69,17 +69,17 @@ def describe(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, str]:
     refuses a folder whose files do not match it."""
     d = Path(model_dir)
     meta = _read_config(d)
-    if not (d / WEIGHTS).exists():
-        raise ModelArtifactError(
-            f"model folder {d} has no {WEIGHTS} (train one with `vista train`)"
-        )
     version = meta.get("version")
     return _spec(d, meta), version if isinstance(version, str) else model_version(d)
 
 
 def _read_config(d: Path) -> dict:
-    if not (d / CONFIG).exists():
-        raise ModelArtifactError(f"model folder {d} has no {CONFIG} (train one with `vista train`)")
+    """The folder's config, once both of its files are known to be there."""
+    for name in (CONFIG, WEIGHTS):
+        if not (d / name).exists():
+            raise ModelArtifactError(
+                f"model folder {d} has no {name} (train one with `vista train`)"
+            )
     return json.loads((d / CONFIG).read_text())
 
 
@@ -94,10 +94,6 @@ def load(model_dir: str | os.PathLike[str]) -> tuple[VistaModel, str]:
     """Load a model folder; checks that the recorded version matches the files."""
     d = Path(model_dir)
     meta = _read_config(d)
-    if not (d / WEIGHTS).exists():
-        raise ModelArtifactError(
-            f"model folder {d} has no {WEIGHTS} (train one with `vista train`)"
-        )
     model = VistaModel(_spec(d, meta))
     try:
         load_model(model, str(d / WEIGHTS), strict=True)
