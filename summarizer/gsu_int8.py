@@ -397,6 +397,7 @@ def _search(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     ncand = np.zeros(m, np.int64)
     ip, M = _buffers(rows, nc)
     bqt, qq = torch.from_numpy(bq_np).T, torch.from_numpy(qq_np)
+    inv_scale = 1 / scale_np
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
         n = r1 - r0
@@ -407,7 +408,7 @@ def _search(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
         torch.amax(ipb.view(n, nc, CHUNK), -1, out=M[:n])
         kernel(
             ipb.numpy(), M[:n].numpy(), q[r0:r1], bank, tok_np, inv_a[r0:r1], off[r0:r1],
-            norms_np, chunk_norms, scale_np, 1 / scale_np, k, v, cidx, buf, cs, cj,
+            norms_np, chunk_norms, scale_np, inv_scale, k, v, cidx, buf, cs, cj,
             scores[r0:r1], idx[r0:r1], ncand[r0:r1],
         )  # fmt: skip
     over = np.flatnonzero(ncand < 0)

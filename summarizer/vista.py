@@ -301,7 +301,7 @@ class VistaSummarizer(nn.Module):
             before = [out[i].last_ts for i, _, _ in parts]
             prev = torch.from_numpy(_segment_previous_times(ts, starts, lengths, before))
             phi_k, v = self.keys_values(self.encoder(piece, prev))
-            self._add_segment_sums(out, parts, lengths, phi_k, v)
+            self._add_segment_sums(out, parts, starts, lengths, phi_k, v)
             t_min = np.minimum.reduceat(ts, starts).tolist()
             t_max = np.maximum.reduceat(ts, starts).tolist()
             for (i, a, b), t0, t1 in zip(parts, t_min, t_max, strict=True):
@@ -315,11 +315,13 @@ class VistaSummarizer(nn.Module):
         self,
         out: list[SummaryState],
         parts: list[tuple[int, int, int]],
+        starts: np.ndarray,
         lengths: np.ndarray,
         phi_k: torch.Tensor,
         v: torch.Tensor,
     ) -> None:
-        """out[i].kv += sum over its events of phi_k (x) v, for each (i, start, stop)."""
+        """out[i].kv += sum over its events of phi_k (x) v, for each part (i, start, stop)
+        (``starts``, ``lengths``: the parts' starts and lengths as arrays)."""
         n = phi_k.shape[0]
         bucket = np.where(
             lengths <= SHORT_SEGMENT, 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(int), 0
@@ -333,12 +335,10 @@ class VistaSummarizer(nn.Module):
         # Padded to their bucket's length with a zero row (index n), summed by one bmm.
         phi_z = torch.cat([phi_k, phi_k.new_zeros(1, *phi_k.shape[1:])])
         v_z = torch.cat([v, v.new_zeros(1, *v.shape[1:])])
-        starts = np.array([parts[j][1] for j in short])
         for width in np.unique(bucket[short]).tolist():
             sel = short[bucket[short] == width]
             offs = np.arange(width)
-            rows = starts[bucket[short] == width, None] + offs
-            rows = np.where(offs < lengths[sel, None], rows, n)
+            rows = np.where(offs < lengths[sel, None], starts[sel, None] + offs, n)
             r = torch.from_numpy(rows)
             sums = torch.einsum("bplhf,bplhd->blhfd", phi_z[r], v_z[r]).double()
             for k, j in enumerate(sel.tolist()):
