@@ -50,14 +50,17 @@ from summarizer.store_read import (
 )
 from summarizer.store_records import (
     MemoryBankRecord,
+    StateColumns,
     StateRecord,
     SummaryRecord,
     memory_banks_from_table,
     memory_banks_to_batch,
+    state_batch,
     states_from_table,
     states_to_batch,
     summaries_from_table,
     summaries_to_batch,
+    summary_batch,
 )
 from summarizer.store_schema import (
     KEY,
@@ -100,6 +103,7 @@ __all__ = [
     "SchemaMismatchError",
     "ShapeMismatchError",
     "StagedFragments",
+    "StateColumns",
     "StateRecord",
     "StoreError",
     "StoreInfo",
@@ -116,12 +120,14 @@ __all__ = [
     "memory_bank_schema",
     "memory_banks_from_table",
     "memory_banks_to_batch",
+    "state_batch",
     "state_schema",
     "states_from_table",
     "states_to_batch",
     "summaries_from_table",
     "summaries_schema",
     "summaries_to_batch",
+    "summary_batch",
     "validate_user_ids",
 ]
 
@@ -279,10 +285,19 @@ class SummaryStore:
         from, so every worker reads the same states). ``record.to_summary_state()``
         gives the summarizer's SummaryState.
         """
-        if version is None and not self.exists(STATE):
+        cols = self.get_state_columns(user_ids, version=version)
+        if cols is None:
             return {}
-        rows = self._read_table(STATE, user_ids, version)
-        return {r.user_id: r for r in states_from_table(rows)}
+        return {int(u): cols.record(i) for i, u in enumerate(cols.user_id)}
+
+    def get_state_columns(
+        self, user_ids: Any, *, version: int | None = None
+    ) -> StateColumns | None:
+        """:meth:`get_states` as columns, in no particular row order (None: no state
+        table yet): what a batch job folds into, without a record object per user."""
+        if version is None and not self.exists(STATE):
+            return None
+        return StateColumns.from_table(self._read_table(STATE, user_ids, version))
 
     def latest_version(self, table: str = SUMMARIES) -> int | None:
         """The table's latest committed version (None: no such table yet)."""

@@ -166,18 +166,43 @@ def summaries_to_batch(
     if K is None or d is None:
         K, d = np.asarray(records[0].tokens).shape
     mv = _one_model_version(records, model_version)
-    schema = summaries_schema(int(K), int(d), mv)
-    tokens = _stack(records, "tokens", (int(K), int(d)), np.float16)
+    return summary_batch(
+        [r.user_id for r in records],
+        mv,
+        _stack(records, "tokens", (int(K), int(d)), np.float16),
+        [r.n_events for r in records],
+        [r.first_ts for r in records],
+        [r.last_ts for r in records],
+        [r.computed_at for r in records],
+        model_versions=[r.model_version for r in records],
+    )
+
+
+def summary_batch(
+    user_ids: Sequence[int] | np.ndarray,
+    model_version: str,
+    tokens: np.ndarray,
+    n_events: Sequence[int] | np.ndarray,
+    first_ts: Sequence[int | None],
+    last_ts: Sequence[int | None],
+    computed_at: Sequence[dt.datetime],
+    model_versions: Sequence[str] | None = None,
+) -> pa.RecordBatch:
+    """Columns -> one record batch with the summaries schema: what a batch job that holds
+    its users' tokens as one (n, K, d) array writes, without a record object per user.
+    ``model_versions`` (one per row) defaults to ``model_version`` on every row."""
+    n, K, d = tokens.shape
+    mv = [model_version] * n if model_versions is None else list(model_versions)
     arrays = [
-        _ints(records, "user_id"),
-        pa.array([r.model_version for r in records], type=pa.string()),
-        _fixed_lists(tokens, int(K) * int(d), np.float16),
-        _ints(records, "n_events"),
-        _ints(records, "first_ts"),
-        _ints(records, "last_ts"),
-        _timestamps([r.computed_at for r in records], "computed_at"),
+        pa.array(user_ids, type=pa.int64()),
+        pa.array(mv, type=pa.string()),
+        _fixed_lists(tokens, K * d, np.float16),
+        pa.array(n_events, type=pa.int64()),
+        pa.array(first_ts, type=pa.int64()),
+        pa.array(last_ts, type=pa.int64()),
+        _timestamps(computed_at, "computed_at"),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=summaries_schema(K, d, model_version))
 
 
 def fixed_list_values(column: pa.ChunkedArray | pa.Array, dtype: Any) -> np.ndarray:
@@ -229,41 +254,97 @@ def states_to_batch(
         raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
     shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
     mv = _one_model_version(records, model_version)
-    schema = state_schema(shape, mv, kv_dtype)
-    kv = _stack(records, "kv", shape, np.dtype(kv_dtype))  # straight into the stored precision
+    return state_batch(
+        [r.user_id for r in records],
+        mv,
+        _stack(records, "kv", shape, np.dtype(kv_dtype)),  # straight into the stored precision
+        [r.n_events for r in records],
+        [r.first_ts for r in records],
+        [r.last_ts for r in records],
+        [r.updated_at for r in records],
+        [r.through_day for r in records],
+        kv_dtype=kv_dtype,
+        model_versions=[r.model_version for r in records],
+    )
+
+
+def state_batch(
+    user_ids: Sequence[int] | np.ndarray,
+    model_version: str,
+    kv: np.ndarray,
+    n_events: Sequence[int] | np.ndarray,
+    first_ts: Sequence[int | None],
+    last_ts: Sequence[int | None],
+    updated_at: Sequence[dt.datetime],
+    through_day: Sequence[dt.date | None],
+    kv_dtype: str = "float32",
+    model_versions: Sequence[str] | None = None,
+) -> pa.RecordBatch:
+    """Columns -> one record batch with the state schema, ``kv`` (n, *kv_shape) stored as
+    ``kv_dtype`` (no copy when it already is, C-contiguous): what a batch job that keeps
+    its users' states in one array writes, without a record object per user."""
+    shape = tuple(kv.shape[1:])
+    mv = [model_version] * len(kv) if model_versions is None else list(model_versions)
     arrays = [
-        _ints(records, "user_id"),
-        pa.array([r.model_version for r in records], type=pa.string()),
-        _fixed_lists(kv, int(np.prod(shape)), kv.dtype),
-        _ints(records, "n_events"),
-        _ints(records, "first_ts"),
-        _ints(records, "last_ts"),
-        _timestamps([r.updated_at for r in records], "updated_at"),
-        pa.array([r.through_day for r in records], type=pa.date32()),
+        pa.array(user_ids, type=pa.int64()),
+        pa.array(mv, type=pa.string()),
+        _fixed_lists(kv, int(np.prod(shape)), np.dtype(kv_dtype)),
+        pa.array(n_events, type=pa.int64()),
+        pa.array(first_ts, type=pa.int64()),
+        pa.array(last_ts, type=pa.int64()),
+        _timestamps(updated_at, "updated_at"),
+        pa.array(through_day, type=pa.date32()),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=state_schema(shape, model_version, kv_dtype))
+
+
+@dataclass(frozen=True)
+class StateColumns:
+    """Many users' stored states as columns (rows in the order read): what a batch job
+    folds into, without a record object per user. ``kv`` is (n, *kv_shape) as stored."""
+
+    user_id: np.ndarray
+    model_version: list[str]
+    kv: np.ndarray
+    n_events: list[int]
+    first_ts: list[int | None]
+    last_ts: list[int | None]
+    updated_at: list[dt.datetime]
+    through_day: list[dt.date | None]
+
+    @classmethod
+    def from_table(cls, table: pa.Table | pa.RecordBatch) -> StateColumns:
+        shape = kv_shape_of(table.schema)
+        # As stored (float32; float64 in older tables): to_summary_state converts as it copies.
+        column = table.column("kv")
+        kv = fixed_list_values(column, column.type.value_type.to_pandas_dtype())
+        return cls(
+            np.asarray(table.column("user_id").to_numpy(), dtype=np.int64),
+            table.column("model_version").to_pylist(),
+            kv.reshape(-1, *shape),
+            table.column("n_events").to_pylist(),
+            table.column("first_ts").to_pylist(),
+            table.column("last_ts").to_pylist(),
+            table.column("updated_at").to_pylist(),
+            table.column("through_day").to_pylist(),
+        )
+
+    def record(self, i: int) -> StateRecord:
+        return StateRecord(
+            int(self.user_id[i]),
+            self.model_version[i],
+            self.kv[i],
+            self.n_events[i],
+            self.first_ts[i],
+            self.last_ts[i],
+            self.updated_at[i],
+            self.through_day[i],
+        )
 
 
 def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
-    shape = kv_shape_of(table.schema)
-    # As stored (float32; float64 in older tables): to_summary_state converts while it copies.
-    column = table.column("kv")
-    value_type = column.type.value_type.to_pandas_dtype()
-    kv = fixed_list_values(column, value_type).reshape(-1, *shape)
-    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name != "kv"}
-    return [
-        StateRecord(
-            cols["user_id"][i],
-            cols["model_version"][i],
-            kv[i],
-            cols["n_events"][i],
-            cols["first_ts"][i],
-            cols["last_ts"][i],
-            cols["updated_at"][i],
-            cols["through_day"][i],
-        )
-        for i in range(table.num_rows)
-    ]
+    cols = StateColumns.from_table(table)
+    return [cols.record(i) for i in range(len(cols.user_id))]
 
 
 _BANK_LISTS = ("levels", "rep_item", "rep_action")

@@ -45,6 +45,13 @@ META_KV_SHAPE = "vista.kv_shape"
 META_KV_DTYPE = "vista.kv_dtype"
 STATE_DTYPES = {"float32": pa.float32(), "float64": pa.float64()}
 FORMAT_VERSION = "1"
+# Lance file format a new table is created with (None: lance's default, 2.2 with pylance
+# 14). The state table's rows are ~17 KB each (one float32 list of L*H*F*(D+1) values):
+# lance 2.2 writes lists that wide at ~0.5 GB/s, 2.0 at ~1.3 GB/s, and filtered reads by
+# user id take the same time in both (BENCHMARKS.md, issue 6). Every touched user's state
+# is rewritten each day, so the batch side's table uses 2.0. A table keeps the format it
+# was created with (lance writes new fragments in the dataset's format).
+FILE_VERSIONS: dict[str, str | None] = {SUMMARIES: None, STATE: "2.0", MEMORY_BANK: None}
 
 UTC_US = pa.timestamp("us", tz="UTC")
 

@@ -31,6 +31,7 @@ from summarizer.store_records import (
     summaries_to_batch,
 )
 from summarizer.store_schema import (
+    FILE_VERSIONS,
     KEY,
     META_MODEL,
     META_TABLE,
@@ -238,6 +239,9 @@ def stage_fragments(
             raise
 
     reader = pa.RecordBatchReader.from_batches(target, checked())
+    # A new table is created in its own file format (the commit takes the fragments');
+    # an existing one's fragments are written in the format it has.
+    version = FILE_VERSIONS[table] if existing is None else None
     try:
         fragments = write_fragments(
             reader,
@@ -245,6 +249,7 @@ def stage_fragments(
             schema=target,
             max_rows_per_file=max_rows_per_file,
             storage_options=dict(location.storage_options) or None,
+            **({"data_storage_version": version} if version else {}),
         )
     except BaseException as exc:
         if failure:

@@ -267,7 +267,12 @@ class VistaSummarizer(nn.Module):
 
     @torch.no_grad()
     def fold_segments(
-        self, states: list[SummaryState], events: EventBatch, offsets: list[int]
+        self,
+        states: list[SummaryState],
+        events: EventBatch,
+        offsets: list[int],
+        *,
+        in_place: bool = False,
     ) -> list[SummaryState]:
         """Fold consecutive segments of ``events`` into their states, one state each.
 
@@ -276,12 +281,14 @@ class VistaSummarizer(nn.Module):
         gaps of every segment come from one segmented running maximum, and the sums of
         short segments (the many users of an incremental day with a few events each)
         are one batched matmul per length bucket instead of one small einsum per user.
+        ``in_place``: update and return the given states (the caller owns them, e.g.
+        views into one buffer) instead of copies.
         """
         if len(offsets) != len(states) + 1 or offsets[0] != 0 or offsets[-1] != len(events):
             raise ValueError(
                 f"{len(states)} states need {len(states) + 1} offsets from 0 to {len(events)}"
             )
-        out = [st.clone() for st in states]
+        out = states if in_place else [st.clone() for st in states]
         first = 0
         for lo in range(0, len(events), self.chunk_size):  # the memory bound of fold()
             hi = min(lo + self.chunk_size, len(events))

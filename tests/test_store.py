@@ -139,6 +139,38 @@ def test_a_float64_state_table_keeps_its_precision(store: SummaryStore) -> None:
     assert torch.equal(got[2].to_summary_state().kv, kv * 3)
 
 
+def test_state_table_is_created_in_its_file_format(store: SummaryStore, tmp_path: Path) -> None:
+    """A new state table uses lance format 2.0 (wide rows write faster); the serving table
+    lance's default; a table created in another format keeps it for later fragments."""
+    import torch
+
+    from summarizer.store_schema import FILE_VERSIONS
+    from summarizer.vista import SummaryState
+
+    def state(u: int) -> StateRecord:
+        kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
+        return StateRecord.from_summary_state(u, MV, SummaryState(kv, 3, 1, 2), T0)
+
+    store.publish([state(1)])
+    store.publish(records([1]))
+    assert FILE_VERSIONS[STATE] == "2.0"
+    assert store.location.open(STATE).data_storage_version == "2.0"
+    assert store.location.open(SUMMARIES).data_storage_version != "2.0"
+    # A state table made by an earlier version (lance's default format) stays in it.
+    older = SummaryStore(tmp_path / "older")
+    first = state(1)
+    lance.write_dataset(
+        states_to_batch([first]), older.location.table_uri(STATE), data_storage_version="2.2"
+    )
+    older.publish([state(2)])
+    ds = older.location.open(STATE)
+    assert ds.data_storage_version == "2.2"
+    files = [f for frag in ds.get_fragments() for f in frag.data_files()]
+    assert len(files) == 2
+    assert {(f.file_major_version, f.file_minor_version) for f in files} == {(2, 2)}
+    assert sorted(older.get_states([1, 2])) == [1, 2]
+
+
 def test_memory_bank_publish_and_read(store: SummaryStore) -> None:
     banks = [
         MemoryBankRecord(u, MV, np.ones((2, D), np.float16), np.array([3, 4]), T0) for u in (1, 2)
