@@ -154,12 +154,18 @@ def test_fold_segments_long_short_late_and_across_chunks(model: VistaModel) -> N
     ]
     joined, offsets = back_to_back(events)
     chunk = summ.chunk_size
+    mine = [st.clone() for st in states]
     try:
         summ.chunk_size = 100  # segments cross chunk boundaries
         got = summ.fold_segments(states, joined, offsets)
+        # in_place: the caller's states themselves are updated and returned (the batch
+        # job's states are views into one buffer)
+        into = summ.fold_segments(mine, joined, offsets, in_place=True)
     finally:
         summ.chunk_size = chunk
     assert_folds_like_one_at_a_time(summ, states, events, got)
+    assert all(a is b for a, b in zip(into, mine, strict=True))
+    assert_folds_like_one_at_a_time(summ, states, events, into)
 
 
 def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:

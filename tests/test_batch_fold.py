@@ -1,0 +1,159 @@
+"""The batch fold worker (batch_jobs.fold.PartitionFolder) without Spark: sorted Arrow
+batches in, staged fragments out, against the summarizer's own fold one user at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from batch_jobs.fold import FoldParams, PartitionFolder, PartitionStats
+from summarizer import artifacts
+from summarizer.encoder import EventBatch
+from summarizer.model import ModelSpec, VistaModel
+from summarizer.store import STATE, SUMMARIES, StagedFragments, StateRecord, SummaryStore
+from summarizer.store_schema import kv_dtype_of, state_schema
+
+pytestmark = pytest.mark.integration
+
+SPEC = {"num_seeds": 8, "d_model": 16, "num_heads": 2, "feature_dim": 8, "num_layers": 2}
+DAY1, DAY2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+
+
+def _events(seed: int, lengths: dict[int, int], t0: int) -> pa.Table:
+    """Sorted events (user, ts) of users with the given counts."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.array(list(lengths), dtype=np.int64), list(lengths.values()))
+    n = len(users)
+    ts = t0 + rng.integers(0, 80_000, n)
+    order = np.lexsort((ts, users))
+    return pa.table(
+        {
+            "user_id": users[order],
+            "ts": ts[order],
+            "item_id": rng.integers(0, 500, n)[order],
+            "action": rng.integers(0, 3, n)[order],
+            "weight": pa.array(rng.random(n).astype(np.float32)[order]),
+        }
+    )
+
+
+def _user_events(table: pa.Table, uid: int) -> EventBatch:
+    t = table.filter(pa.compute.equal(table["user_id"], uid))
+    return EventBatch.from_numpy(
+        *(t[c].to_numpy().copy() for c in ("item_id", "ts", "action", "weight"))
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Any]:
+    torch.manual_seed(0)
+    model = VistaModel(ModelSpec(**SPEC, chunk_size=16))
+    path = tmp_path_factory.mktemp("fold-model") / "model"
+    artifacts.save(model, path)
+    loaded, version = artifacts.load(path)
+    return str(path), version, loaded.require_summarizer()
+
+
+def _fold_day(
+    model: tuple[str, str, Any],
+    store: SummaryStore,
+    table: pa.Table,
+    day: dt.date,
+    *,
+    batch_rows: int,
+    flush: int,
+) -> PartitionStats:
+    """One partition through the worker (small batches: users span several), committed."""
+    path, version, _ = model
+    base = store.latest_version(STATE)
+    params = FoldParams(
+        model_dir=path,
+        model_version=version,
+        store_uri=store.uri,
+        storage_options={},
+        computed_at=dt.datetime.combine(day, dt.time(23, 59), dt.UTC),
+        through_day=day,
+        base_state_version=base,
+        incremental=base is not None,
+        users_per_flush=flush,
+    )
+    folder = PartitionFolder(params)
+    out = pa.Table.from_batches(list(folder.run(table.to_batches(max_chunksize=batch_rows))))
+    staged: dict[str, list[StagedFragments]] = {STATE: [], SUMMARIES: []}
+    for kind, payload in zip(out["kind"].to_pylist(), out["payload"].to_pylist(), strict=True):
+        if kind != "stats":
+            staged[kind].append(StagedFragments.from_json(payload))
+    for table_name in (STATE, SUMMARIES):
+        store.commit_upsert(table_name, staged[table_name])
+    return folder.stats
+
+
+def _check(
+    model: tuple[str, str, Any], store: SummaryStore, days: list[pa.Table], users: list[int]
+) -> None:
+    """Each user's stored state and tokens equal folding its events one user at a time."""
+    _, _, summ = model
+    states = store.get_states(users)
+    got = store.get(users)
+    assert sorted(states) == sorted(users)
+    for uid, res in zip(users, got, strict=True):
+        want = summ.empty_state()
+        for t in days:
+            want = summ.fold(want, _user_events(t, uid))
+        have = states[uid]
+        assert (have.n_events, have.first_ts, have.last_ts) == (
+            want.n_events,
+            want.first_ts,
+            want.last_ts,
+        )
+        np.testing.assert_allclose(
+            have.kv, want.kv.numpy(), rtol=0, atol=1e-6 * float(want.kv.abs().max())
+        )
+        with torch.no_grad():
+            tokens = summ.readout(want).numpy()
+        np.testing.assert_allclose(res.tokens.astype(np.float32), tokens, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("stored", ["float32", "float64"])
+def test_partition_fold_equals_one_user_at_a_time(
+    model_dir: tuple[str, str, Any], tmp_path: Path, stored: str
+) -> None:
+    """Day 1 from empty states, day 2 into them (old users, new users, one user with more
+    events than a batch), in batches of 7 and 5 rows with a flush every 3 users, so users
+    span batches and a flush gathers users from several batches' state blocks; a table written
+    in float64 (older stores) stays float64. A rerun of day 2 folds nothing twice."""
+    _, version, summ = model_dir
+    store = SummaryStore(tmp_path / "store")
+    day1 = _events(1, {1: 4, 2: 1, 3: 23, 5: 2, 8: 9, 9: 1}, 1_700_000_000)
+    day2 = _events(2, {2: 3, 3: 1, 4: 30, 5: 1, 7: 2, 9: 12, 11: 1}, 1_700_100_000)
+    if stored == "float64":  # day 1 through the record path, into a float64 table
+        recs = []
+        for uid in [1, 2, 3, 5, 8, 9]:
+            st = summ.fold(summ.empty_state(), _user_events(day1, uid))
+            at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+            recs.append(StateRecord.from_summary_state(uid, version, st, at, DAY1))
+        store.publish(recs, schema=state_schema(tuple(summ.state_shape), version, "float64"))
+    else:
+        first = _fold_day(model_dir, store, day1, DAY1, batch_rows=7, flush=3)
+        assert (first.users, first.new_users, first.events) == (6, 6, day1.num_rows)
+        assert first.max_events_held == 7
+    second = _fold_day(model_dir, store, day2, DAY2, batch_rows=5, flush=3)
+    assert (second.users, second.new_users, second.users_skipped) == (7, 3, 0)
+    assert kv_dtype_of(store.schema(STATE)) == stored
+    every = [1, 2, 3, 4, 5, 7, 8, 9, 11]
+    if stored == "float32":
+        _check(model_dir, store, [day1, day2], every)
+    else:
+        _check(model_dir, store, [day1, day2], [2, 3, 4, 5, 7, 9, 11])
+    before = {u: s.kv.copy() for u, s in store.get_states(every).items()}
+    again = _fold_day(model_dir, store, day2, DAY2, batch_rows=4, flush=2)
+    assert (again.users, again.users_skipped) == (7, 7)
+    after = store.get_states(every)
+    for uid in every:
+        np.testing.assert_array_equal(after[uid].kv, before[uid])
