@@ -269,7 +269,10 @@ def _read_valid(spark: SparkSession, root: str, days: list[str]) -> DataFrame:
     from pyspark.sql import functions as F
 
     paths = [str(day_path(root, d)) for d in days]
-    df = spark.read.option("basePath", str(root)).parquet(*paths)
+    # valid/ holds what validate wrote, in EVENT_SCHEMA: naming the schema spares Spark a
+    # schema-inference job on every read (~0.05-0.1 s of a one-day incremental run).
+    schema = f"{_ddl(EVENT_SCHEMA)}, {PARTITION_KEY} string"
+    df = spark.read.schema(schema).option("basePath", str(root)).parquet(*paths)
     return df.select(
         F.col("user_id").cast("long"),
         F.col("ts").cast("long"),

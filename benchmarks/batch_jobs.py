@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -90,9 +91,22 @@ def make_model(work: Path, readout: str) -> str:
     return str(path)
 
 
+def read_out(summ: Any, done: list[Any]) -> Any:
+    """Tokens of finished users, read out as the Spark worker does: from their states
+    converted once to the stored precision (float32), in one batched call."""
+    import torch
+
+    kv = torch.empty((len(done), *summ.state_shape), dtype=torch.float32)
+    for j, st in enumerate(done):
+        kv[j].copy_(st.kv)
+    with torch.no_grad():
+        return summ.readout_batch(kv, torch.tensor([st.n_events for st in done]))
+
+
 def in_process_rate(work: Path, model_dir: str, threads: int) -> dict[str, float]:
     """The summarizer in one process over the same events the full job reads: every user
-    folded (8192-event batches) and read out (2048 users at a time); no Spark, no store."""
+    folded (8192-event batches, in place) and read out (2048 users at a time, from float32
+    states); no Spark, no store."""
     import pyarrow as pa
     import torch
 
@@ -120,25 +134,18 @@ def in_process_rate(work: Path, model_dir: str, threads: int) -> dict[str, float
             batch.column("action").to_numpy().astype("int64"),
             w.copy(),
         )
-        got = summ.fold_segments([states.get(i) or summ.empty_state() for i in ids], ev, starts)
-        for i, st in zip(ids, got, strict=True):
+        for i in ids:
             if i not in states:
                 pending.append(i)
-            states[i] = st
+                states[i] = summ.empty_state()
+        # In place, as the Spark worker folds (these states are this loop's own).
+        summ.fold_segments([states[i] for i in ids], ev, starts, in_place=True)
         while len(pending) > 2048 + 1:  # users before the last are complete
             done, pending = pending[:2048], pending[2048:]
-            with torch.no_grad():
-                summ.readout_batch(
-                    torch.stack([states[i].kv for i in done]),
-                    torch.tensor([states[i].n_events for i in done]),
-                )
+            read_out(summ, [states[i] for i in done])
             for i in done:
                 states[i] = None  # type: ignore[assignment]
-    with torch.no_grad():
-        summ.readout_batch(
-            torch.stack([states[i].kv for i in pending]),
-            torch.tensor([states[i].n_events for i in pending]),
-        )
+    read_out(summ, [states[i] for i in pending])
     seconds = time.perf_counter() - t0
     return {
         "events": len(users),
