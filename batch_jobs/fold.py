@@ -155,8 +155,14 @@ class PartitionFolder:
 
         from summarizer.vista import SummaryState
 
-        block = torch.zeros((len(user_ids), *self.summ.state_shape), dtype=torch.float64)
         found = [self.base.pop(u, None) for u in user_ids]
+        new = [slot for slot, hit in enumerate(found) if hit is None]
+        shape = (len(user_ids), *self.summ.state_shape)
+        block = (
+            torch.zeros(shape, dtype=torch.float64)
+            if new
+            else torch.empty(shape, dtype=torch.float64)
+        )
         by_read: dict[int, tuple[StateColumns, list[int], list[int]]] = {}
         for slot, hit in enumerate(found):
             if hit is not None:
@@ -164,7 +170,11 @@ class PartitionFolder:
                 entry[1].append(slot)
                 entry[2].append(hit[1])
         for cols, slots, rows in by_read.values():  # one converting copy per base read
-            block[torch.tensor(slots)] = torch.from_numpy(cols.kv[np.asarray(rows)]).double()
+            stored = torch.from_numpy(cols.kv[np.asarray(rows)])
+            if slots[-1] - slots[0] == len(slots) - 1:  # side by side (the usual case)
+                block[slots[0] : slots[-1] + 1].copy_(stored)
+            else:
+                block[torch.tensor(slots)] = stored.double()
         users = []
         for slot, (uid, hit) in enumerate(zip(user_ids, found, strict=True)):
             kv = block[slot]

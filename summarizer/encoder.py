@@ -53,16 +53,18 @@ class EventBatch:
         item_id: np.ndarray, ts: np.ndarray, action: np.ndarray, weight: np.ndarray | None
     ) -> EventBatch:
         n = len(item_id)
-        w = (
-            np.full(n, np.nan, dtype=np.float32)
-            if weight is None
-            else np.asarray(weight, dtype=np.float32)
-        )
+        w = np.full(n, np.nan, dtype=np.float32) if weight is None else weight
+
+        def tensor(a: np.ndarray, dtype: type) -> torch.Tensor:
+            a = np.ascontiguousarray(a, dtype=dtype)
+            # Arrow's zero-copy arrays are read-only; torch tensors must own writable memory.
+            return torch.from_numpy(a if a.flags.writeable else a.copy())
+
         return EventBatch(
-            torch.from_numpy(np.ascontiguousarray(item_id, dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(ts, dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(action, dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(w)),
+            tensor(item_id, np.int64),
+            tensor(ts, np.int64),
+            tensor(action, np.int64),
+            tensor(w, np.float32),
         )
 
 

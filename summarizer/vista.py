@@ -333,9 +333,11 @@ class VistaSummarizer(nn.Module):
         bucket = np.where(
             lengths <= SHORT_SEGMENT, 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(int), 0
         )
+        # float32 sums added into float64 states: the in-place add converts exactly,
+        # without a float64 copy of the sums.
         for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one einsum each
             i, a, b = parts[j]
-            out[i].kv += torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b]).double()
+            out[i].kv += torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b])
         short = np.flatnonzero(bucket > 0)
         if not len(short):
             return
@@ -347,7 +349,7 @@ class VistaSummarizer(nn.Module):
             offs = np.arange(width)
             rows = np.where(offs < lengths[sel, None], starts[sel, None] + offs, n)
             r = torch.from_numpy(rows)
-            sums = torch.einsum("bplhf,bplhd->blhfd", phi_z[r], v_z[r]).double()
+            sums = torch.einsum("bplhf,bplhd->blhfd", phi_z[r], v_z[r])
             for k, j in enumerate(sel.tolist()):
                 out[parts[j][0]].kv += sums[k]
 
