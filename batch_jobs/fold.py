@@ -130,9 +130,9 @@ class PartitionFolder:
         self.summ = self.model.require_summarizer()
         self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
         # Written in the state table's precision (float32; float64 for older tables).
-        self.kv_dtype = (
-            kv_dtype_of(self.store.schema(STATE)) if self.store.exists(STATE) else ("float32")
-        )
+        self.kv_dtype = "float32"
+        if self.store.exists(STATE):
+            self.kv_dtype = kv_dtype_of(self.store.schema(STATE))
         self.stats = PartitionStats()
         self.done: list[_User] = []
         self.current: _User | None = None
