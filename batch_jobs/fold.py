@@ -112,7 +112,7 @@ class PartitionFolder:
     """Folds one partition's sorted batches; :meth:`run` yields OUTPUT_SCHEMA batches.
 
     The states of the users who start in one batch live in one float64 block (filled from
-    the stored float32 rows in one conversion); the fold adds into them in place, and a
+    the stored rows, converted as they are copied); the fold adds into them in place, and a
     flush reads the finished users' states out of their blocks in runs, straight into the
     stored precision, reads out the tokens from that array and writes both tables' rows
     from arrays. No per-user copies or record objects: an incremental day's cost is per
@@ -156,25 +156,35 @@ class PartitionFolder:
         from summarizer.vista import SummaryState
 
         found = [self.base.pop(u, None) for u in user_ids]
-        new = [slot for slot, hit in enumerate(found) if hit is None]
+        for uid, hit in zip(user_ids, found, strict=True):  # before touching any state
+            if hit is not None and hit[0].model_version[hit[1]] != self.p.model_version:
+                raise RuntimeError(
+                    f"user {uid}: stored state was made by model "
+                    f"{hit[0].model_version[hit[1]][:12]}, this run uses "
+                    f"{self.p.model_version[:12]}; run `vista job summarize --full` under the "
+                    "new model first"
+                )
         shape = (len(user_ids), *self.summ.state_shape)
+        new = any(hit is None for hit in found)
         block = (
             torch.zeros(shape, dtype=torch.float64)
             if new
             else torch.empty(shape, dtype=torch.float64)
         )
-        by_read: dict[int, tuple[StateColumns, list[int], list[int]]] = {}
-        for slot, hit in enumerate(found):
-            if hit is not None:
-                entry = by_read.setdefault(id(hit[0]), (hit[0], [], []))
-                entry[1].append(slot)
-                entry[2].append(hit[1])
-        for cols, slots, rows in by_read.values():  # one converting copy per base read
-            stored = torch.from_numpy(cols.kv[np.asarray(rows)])
-            if slots[-1] - slots[0] == len(slots) - 1:  # side by side (the usual case)
-                block[slots[0] : slots[-1] + 1].copy_(stored)
-            else:
-                block[torch.tensor(slots)] = stored.double()
+        # Stored rows are copied in runs of consecutive slots (new users, who start from
+        # zero, break the runs), each run converted to float64 as it is copied.
+        slot = 0
+        while slot < len(found):
+            hit = found[slot]
+            if hit is None:
+                slot += 1
+                continue
+            end, rows = slot + 1, [hit[1]]
+            while end < len(found) and (nxt := found[end]) is not None and nxt[0] is hit[0]:
+                rows.append(nxt[1])
+                end += 1
+            block[slot:end].copy_(torch.from_numpy(hit[0].kv[np.asarray(rows)]))
+            slot = end
         users = []
         for slot, (uid, hit) in enumerate(zip(user_ids, found, strict=True)):
             kv = block[slot]
@@ -183,12 +193,6 @@ class PartitionFolder:
                 users.append(_User(uid, SummaryState(kv, 0, None, None), True, block, slot))
                 continue
             cols, row = hit
-            if cols.model_version[row] != self.p.model_version:
-                raise RuntimeError(
-                    f"user {uid}: stored state was made by model {cols.model_version[row][:12]}, "
-                    f"this run uses {self.p.model_version[:12]}; run `vista job summarize --full` "
-                    "under the new model first"
-                )
             through = cols.through_day[row]
             already = through is not None and through >= self.p.through_day
             if already:
@@ -207,11 +211,11 @@ class PartitionFolder:
         cont = self.current is not None and self.current.user_id == ids[0]
         self._load_base(ids[1:] if cont else ids)
         order = ([self.current] if cont else []) + self._start(ids[1:] if cont else ids)
-        # Copies: Arrow buffers are read-only and torch wants writable arrays.
-        item = np.array(batch.column("item_id").to_numpy(), dtype=np.int64)
-        ts = np.array(batch.column("ts").to_numpy(), dtype=np.int64)
-        action = np.array(batch.column("action").to_numpy(), dtype=np.int64)
-        weight = np.array(
+        # Arrow's read-only arrays: _fold takes the segments' rows out of them (copies).
+        item = np.asarray(batch.column("item_id").to_numpy(), dtype=np.int64)
+        ts = np.asarray(batch.column("ts").to_numpy(), dtype=np.int64)
+        action = np.asarray(batch.column("action").to_numpy(), dtype=np.int64)
+        weight = np.asarray(
             batch.column("weight").cast(pa.float32()).fill_null(float("nan")).to_numpy(),
             dtype=np.float32,
         )

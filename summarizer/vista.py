@@ -282,7 +282,8 @@ class VistaSummarizer(nn.Module):
         short segments (the many users of an incremental day with a few events each)
         are one batched matmul per length bucket instead of one small einsum per user.
         ``in_place``: update and return the given states (the caller owns them, e.g.
-        views into one buffer) instead of copies.
+        views into one buffer) instead of copies; they must be distinct states whose
+        ``kv`` do not overlap (one state per user, as the batch job keeps them).
         """
         if len(offsets) != len(states) + 1 or offsets[0] != 0 or offsets[-1] != len(events):
             raise ValueError(

@@ -3,6 +3,7 @@ batches in, staged fragments out, against the summarizer's own fold one user at 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from batch_jobs.fold import FoldParams, PartitionFolder, PartitionStats
 from summarizer import artifacts
 from summarizer.encoder import EventBatch
 from summarizer.model import ModelSpec, VistaModel
-from summarizer.store import STATE, SUMMARIES, StagedFragments, StateRecord, SummaryStore
+from summarizer.store import (
+    STATE,
+    SUMMARIES,
+    StagedFragments,
+    StateColumns,
+    StateRecord,
+    SummaryStore,
+)
 from summarizer.store_schema import kv_dtype_of, state_schema
 
 pytestmark = pytest.mark.integration
@@ -84,7 +92,10 @@ def _fold_day(
         users_per_flush=flush,
     )
     folder = PartitionFolder(params)
-    out = pa.Table.from_batches(list(folder.run(table.to_batches(max_chunksize=batch_rows))))
+    batches = table.to_batches(max_chunksize=batch_rows)
+    empty = table.slice(0, 0).to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
+    batches = empty + batches[:1] + empty + batches[1:]  # empty batches change nothing
+    out = pa.Table.from_batches(list(folder.run(batches)))
     staged: dict[str, list[StagedFragments]] = {STATE: [], SUMMARIES: []}
     for kind, payload in zip(out["kind"].to_pylist(), out["payload"].to_pylist(), strict=True):
         if kind != "stats":
@@ -152,8 +163,61 @@ def test_partition_fold_equals_one_user_at_a_time(
     else:
         _check(model_dir, store, [day1, day2], [2, 3, 4, 5, 7, 9, 11])
     before = {u: s.kv.copy() for u, s in store.get_states(every).items()}
+    tokens = {r.user_id: r.tokens for r in store.get(every) if r.found}
     again = _fold_day(model_dir, store, day2, DAY2, batch_rows=4, flush=2)
     assert (again.users, again.users_skipped) == (7, 7)
     after = store.get_states(every)
     for uid in every:
         np.testing.assert_array_equal(after[uid].kv, before[uid])
+    for r in store.get(every):  # the rerun's tokens come from the same stored states
+        if r.found:
+            np.testing.assert_array_equal(r.tokens, tokens[r.user_id])
+
+
+def test_stored_rows_in_any_order_and_new_users_between(
+    model_dir: tuple[str, str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored users with new users between them in one batch, their rows read back in
+    reverse order: each state lands in its own user's slot; states are float64 while
+    folded; a stored state of another model is refused before anything is staged."""
+    store = SummaryStore(tmp_path / "store")
+    day1 = _events(3, {1: 3, 3: 2, 5: 4}, 1_700_000_000)
+    day2 = _events(4, {1: 1, 2: 2, 3: 1, 4: 1, 5: 2}, 1_700_100_000)
+    _fold_day(model_dir, store, day1, DAY1, batch_rows=100, flush=100)
+    read = SummaryStore.get_state_columns
+
+    def reversed_rows(self: SummaryStore, ids: Any, **kw: Any) -> StateColumns | None:
+        cols = read(self, ids, **kw)
+        assert cols is not None
+        flip = {f.name: getattr(cols, f.name)[::-1] for f in dataclasses.fields(StateColumns)}
+        return StateColumns(**flip)
+
+    monkeypatch.setattr(SummaryStore, "get_state_columns", reversed_rows)
+    stats = _fold_day(model_dir, store, day2, DAY2, batch_rows=100, flush=100)
+    assert (stats.users, stats.new_users) == (5, 2)
+    _check(model_dir, store, [day1, day2], [1, 2, 3, 4, 5])
+
+    path, version, summ = model_dir
+    params = FoldParams(
+        model_dir=path,
+        model_version=version,
+        store_uri=store.uri,
+        storage_options={},
+        computed_at=dt.datetime(2026, 11, 3, tzinfo=dt.UTC),
+        through_day=dt.date(2026, 11, 3),
+        base_state_version=store.latest_version(STATE),
+        incremental=True,
+    )
+    folder = PartitionFolder(params)
+    folder._load_base([1, 2, 3])
+    started = folder._start([1, 2, 3])
+    assert {u.state.kv.dtype for u in started} == {torch.float64}
+    assert [u.state.n_events for u in started] == [4, 2, 3]
+
+    other = SummaryStore(tmp_path / "other")
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    stale = StateRecord.from_summary_state(3, "f" * 64, summ.empty_state(), at, DAY1)
+    other.publish([stale])
+    with pytest.raises(RuntimeError, match="stored state was made by model ffffffffffff"):
+        _fold_day(model_dir, other, day2, DAY2, batch_rows=100, flush=100)
+    assert other.latest_version(SUMMARIES) is None

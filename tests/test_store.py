@@ -151,23 +151,26 @@ def test_state_table_is_created_in_its_file_format(store: SummaryStore, tmp_path
         kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
         return StateRecord.from_summary_state(u, MV, SummaryState(kv, 3, 1, 2), T0)
 
+    def file_versions(s: SummaryStore) -> set[tuple[int, int]]:
+        ds = s.location.open(STATE)
+        files = [f for frag in ds.get_fragments() for f in frag.data_files()]
+        return {(f.file_major_version, f.file_minor_version) for f in files}
+
     store.publish([state(1)])
+    store.publish([state(2)])  # appended to the existing table: its format
     store.publish(records([1]))
     assert FILE_VERSIONS[STATE] == "2.0"
     assert store.location.open(STATE).data_storage_version == "2.0"
+    assert file_versions(store) == {(2, 0)}
     assert store.location.open(SUMMARIES).data_storage_version != "2.0"
-    # A state table made by an earlier version (lance's default format) stays in it.
+    # A state table made in another format (here 2.1; lance's default is 2.2) stays in it.
     older = SummaryStore(tmp_path / "older")
-    first = state(1)
     lance.write_dataset(
-        states_to_batch([first]), older.location.table_uri(STATE), data_storage_version="2.2"
+        states_to_batch([state(1)]), older.location.table_uri(STATE), data_storage_version="2.1"
     )
     older.publish([state(2)])
-    ds = older.location.open(STATE)
-    assert ds.data_storage_version == "2.2"
-    files = [f for frag in ds.get_fragments() for f in frag.data_files()]
-    assert len(files) == 2
-    assert {(f.file_major_version, f.file_minor_version) for f in files} == {(2, 2)}
+    assert older.location.open(STATE).data_storage_version == "2.1"
+    assert file_versions(older) == {(2, 1)}
     assert sorted(older.get_states([1, 2])) == [1, 2]
 
 
