@@ -61,6 +61,11 @@ SEED_LOGIT_CAP = 20.0  # "seed" map: |logit| < cap, so event weights lie in [e^-
 
 
 SHORT_SEGMENT = 64  # segments up to this many events are summed batched, by length bucket
+# Without gradients, read-out runs over this many bytes of one activation (users x K x d
+# float32) at a time: every layer is a few passes over its activations, and a pass that
+# stays in a core's cache instead of going to memory made the seed read-out of 2,048
+# users 2.4x faster on one thread (128 users for K = d = 64; same results bit for bit).
+READOUT_PASS_BYTES = 1 << 21
 
 
 def _segment_previous_times(
@@ -357,6 +362,13 @@ class VistaSummarizer(nn.Module):
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
         """States (B, L, H, F, D) and counts (B,) -> tokens (B, K, d). Differentiable."""
         B = kv.shape[0]
+        step = max(1, READOUT_PASS_BYTES // (4 * self.num_seeds * self.dim))
+        if step < B and not torch.is_grad_enabled():  # users are independent: in pieces
+            parts = [
+                self.readout_batch(kv[i : i + step], n_events[i : i + step])
+                for i in range(0, B, step)
+            ]
+            return torch.cat(parts)
         values, mass = kv[..., :-1], kv[..., -1:]
         if self.feature_map == "silu":
             # VISTA's quasi-linear attention: normalize by the event count.

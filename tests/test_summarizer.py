@@ -170,6 +170,34 @@ def test_fold_segments_long_short_late_and_across_chunks(model: VistaModel) -> N
         assert (a.n_events, a.first_ts, a.last_ts) == (b.n_events, b.first_ts, b.last_ts)
 
 
+def test_readout_without_gradients_in_pieces_equals_one_pass(
+    model: VistaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inference reads out a few users at a time (cache-sized passes): the same tokens as
+    one differentiable pass over all of them."""
+    from summarizer import vista
+
+    summ = model.summarizer
+    assert summ is not None
+    states = [summ.fold(summ.empty_state(), random_events(4 + 3 * i, seed=i)) for i in range(10)]
+    kv = torch.stack([st.kv for st in states]).float()
+    n = torch.tensor([st.n_events for st in states])
+    whole = summ.readout_batch(kv, n).detach()  # gradients on: one pass
+    monkeypatch.setattr(vista, "READOUT_PASS_BYTES", 3 * 4 * summ.num_seeds * summ.dim)
+    calls = []
+    inner = type(summ).readout_batch
+
+    def counted(self: VistaSummarizer, kv: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        calls.append(len(kv))
+        return inner(self, kv, n)
+
+    monkeypatch.setattr(type(summ), "readout_batch", counted)
+    with torch.no_grad():
+        pieces = summ.readout_batch(kv, n)
+    assert calls == [10, 3, 3, 3, 1]
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:
     summ = model.summarizer
     assert summ is not None
