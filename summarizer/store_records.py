@@ -174,7 +174,6 @@ def summaries_to_batch(
         [r.first_ts for r in records],
         [r.last_ts for r in records],
         [r.computed_at for r in records],
-        model_versions=[r.model_version for r in records],
     )
 
 
@@ -186,13 +185,12 @@ def summary_batch(
     first_ts: Sequence[int | None],
     last_ts: Sequence[int | None],
     computed_at: Sequence[dt.datetime],
-    model_versions: Sequence[str] | None = None,
 ) -> pa.RecordBatch:
     """Columns -> one record batch with the summaries schema: what a batch job that holds
-    its users' tokens as one (n, K, d) array writes, without a record object per user.
-    ``model_versions`` (one per row) defaults to ``model_version`` on every row."""
+    its users' tokens as one (n, K, d) array writes, without a record object per user
+    (one publish holds one model version: ``model_version`` on every row)."""
     n, K, d = tokens.shape
-    mv = [model_version] * n if model_versions is None else list(model_versions)
+    mv = [model_version] * n
     arrays = [
         pa.array(user_ids, type=pa.int64()),
         pa.array(mv, type=pa.string()),
@@ -264,7 +262,6 @@ def states_to_batch(
         [r.updated_at for r in records],
         [r.through_day for r in records],
         kv_dtype=kv_dtype,
-        model_versions=[r.model_version for r in records],
     )
 
 
@@ -278,13 +275,13 @@ def state_batch(
     updated_at: Sequence[dt.datetime],
     through_day: Sequence[dt.date | None],
     kv_dtype: str = "float32",
-    model_versions: Sequence[str] | None = None,
 ) -> pa.RecordBatch:
     """Columns -> one record batch with the state schema, ``kv`` (n, *kv_shape) stored as
     ``kv_dtype`` (no copy when it already is, C-contiguous): what a batch job that keeps
-    its users' states in one array writes, without a record object per user."""
+    its users' states in one array writes, without a record object per user (one model
+    version, on every row)."""
     shape = tuple(kv.shape[1:])
-    mv = [model_version] * len(kv) if model_versions is None else list(model_versions)
+    mv = [model_version] * len(kv)
     arrays = [
         pa.array(user_ids, type=pa.int64()),
         pa.array(mv, type=pa.string()),
