@@ -195,7 +195,9 @@ def test_readout_without_gradients_in_pieces_equals_one_pass(
     with torch.no_grad():
         pieces = summ.readout_batch(kv, n)
     assert calls == [10, 3, 3, 3, 1]
-    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+    # Float32 through several layers: a matmul over 3 users may block its sums differently
+    # from one over 10 (1.7e-6 apart on one element on an AMD EPYC host).
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) -> None:
