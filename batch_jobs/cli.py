@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from summarizer.config import VistaConfig
-from summarizer.store_errors import StoreError
+from summarizer.store.errors import StoreError
 
 
 def _emit(report: dict[str, Any], path: str | None) -> None:

@@ -34,8 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from batch_jobs.fold import OUTPUT_SCHEMA, worker_model
-from summarizer.banks import encode_events
-from summarizer.clustering import (
+from summarizer.memory.clustering import (
     ClusterParams,
     MemoryBank,
     assign_new,
@@ -43,6 +42,7 @@ from summarizer.clustering import (
     engagement_levels,
 )
 from summarizer.store import MEMORY_BANK, MemoryBankRecord, SummaryStore, memory_bank_schema
+from summarizer.training.banks import encode_events
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,7 +68,7 @@ def worker_model(model_dir: str, expected_version: str) -> Any:
     key = (model_dir, expected_version)
     with _models_lock:
         if key not in _models:
-            from summarizer import artifacts
+            from summarizer.model import artifacts
 
             model, version = artifacts.load(model_dir)
             if version != expected_version:
@@ -122,7 +122,7 @@ class PartitionFolder:
     def __init__(self, params: FoldParams) -> None:
         import torch
 
-        from summarizer.store_schema import kv_dtype_of
+        from summarizer.store.schema import kv_dtype_of
 
         torch.set_num_threads(params.torch_threads)  # one thread per Python worker
         self.p = params
@@ -153,7 +153,7 @@ class PartitionFolder:
         """The users who start in this batch, their states in one new block."""
         import torch
 
-        from summarizer.vista import SummaryState
+        from summarizer.model.summarization import SummaryState
 
         found = [self.base.pop(u, None) for u in user_ids]
         for uid, hit in zip(user_ids, found, strict=True):  # before touching any state
@@ -246,7 +246,7 @@ class PartitionFolder:
         action: np.ndarray,
         weight: np.ndarray,
     ) -> None:
-        from summarizer.encoder import EventBatch
+        from summarizer.model.encoder import EventBatch
 
         # One encoder pass for every user of the batch (many users have few events).
         rows = np.concatenate([np.arange(a, b) for _, a, b in todo])

@@ -12,7 +12,7 @@
 Summarize writes nothing visible: its workers stage lance fragments for the
 ``state`` and ``summaries`` tables and the driver records them, with the
 run's counters, in ``R/manifest.json``. Publish commits them (state first,
-then summaries; one commit each, see :mod:`summarizer.store_write`) and
+then summaries; one commit each, see :mod:`summarizer.store.write`) and
 appends the run to the ledger (:mod:`batch_jobs.ledger`). A run that fails
 before publish leaves the store exactly as it was; readers see the new
 summaries once the ``serving`` tag moves (``--promote`` or the DAG's check).
@@ -21,7 +21,7 @@ Fold order and late events. A user's events are folded in (arrival day
 ``dt``, ``ts``, ``item_id``, ``action``) order, by both the full and the
 incremental job, so incremental day by day equals one full run exactly.
 Events that arrive late land in the partition of the day they arrive (that is
-how :func:`summarizer.events.write_partitioned` files them) and are folded in
+how :func:`summarizer.data.events.write_partitioned` files them) and are folded in
 that day's run with a time gap of 0; processed partitions are immutable (the
 ledger refuses a day whose row count changed, and a day older than the last
 one published). To rebuild everything, run ``summarize --full``.
@@ -50,7 +50,7 @@ from batch_jobs.fold import FOLD_ORDER, OUTPUT_SCHEMA, FoldParams, PartitionStat
 from batch_jobs.validate import OUTPUT_SCHEMA as VALIDATE_SCHEMA
 from batch_jobs.validate import SORT_KEY, validate_partition
 from summarizer.config import VistaConfig
-from summarizer.events import (
+from summarizer.data.events import (
     EVENT_SCHEMA,
     PARTITION_KEY,
     day_bounds,
@@ -58,9 +58,9 @@ from summarizer.events import (
     list_days,
     write_day,
 )
+from summarizer.data.validation import REASONS, check_schema, reference_time
 from summarizer.store import MEMORY_BANK, STATE, SUMMARIES, StagedFragments, SummaryStore
-from summarizer.store_schema import model_version_of
-from summarizer.validation import REASONS, check_schema, reference_time
+from summarizer.store.schema import model_version_of
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -379,7 +379,7 @@ def run_summarize(
     empty states. "incremental": only ``day``, into the stored states.
     ``fail_after_users`` (tests) makes every task die after staging that many users.
     """
-    from summarizer import artifacts
+    from summarizer.model import artifacts
 
     t0 = time.perf_counter()
     if mode not in ("full", "incremental"):
@@ -573,8 +573,8 @@ def run_cluster(
     from pyspark.sql import functions as F
 
     from batch_jobs.cluster import ClusterJobParams
-    from summarizer import artifacts
-    from summarizer.clustering import ClusterParams
+    from summarizer.memory.clustering import ClusterParams
+    from summarizer.model import artifacts
 
     t0 = time.perf_counter()
     if mode not in ("full", "incremental"):

@@ -25,7 +25,7 @@ from typing import Any
 import lance
 import pyarrow as pa
 
-from summarizer.store_location import StoreLocation
+from summarizer.store.location import StoreLocation
 
 LEDGER = "_runs"
 

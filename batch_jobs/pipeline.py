@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from summarizer.config import VistaConfig, load_config
-from summarizer.events import dataset, day_bounds, day_path
+from summarizer.data.events import dataset, day_bounds, day_path
 from summarizer.store import SUMMARIES, SummaryStore
 
 
@@ -226,9 +226,9 @@ def compare_with_serving(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]
     Both models are scored on the same users, targets and window (the
     candidate's temporal split), so the comparison is like for like.
     """
-    from summarizer import artifacts
-    from summarizer.histories import load_histories
-    from summarizer.train import TrainConfig, Window, evaluate
+    from summarizer.data.histories import load_histories
+    from summarizer.model import artifacts
+    from summarizer.training.train import TrainConfig, Window, evaluate
 
     meta = json.loads((Path(candidate_dir) / "config.json").read_text())
     t2 = int(meta["metadata"]["split"][1])

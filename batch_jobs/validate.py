@@ -1,7 +1,7 @@
 """Distributed validation of one day partition: the data layer's rules, run by Spark.
 
 Rows are hash-partitioned by user and sorted by day, then the whole event key, then
-each Arrow batch goes through :func:`summarizer.validation.validate_table`
+each Arrow batch goes through :func:`summarizer.data.validation.validate_table`
 (one source of truth for the rules). Exact duplicates are adjacent after the
 sort, so the only duplicates a batch cannot see are a batch's first valid row
 equal to the previous batch's last valid row; that key is carried across
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from summarizer.validation import QUARANTINE_SCHEMA, validate_table
+from summarizer.data.validation import QUARANTINE_SCHEMA, validate_table
 
 SORT_KEY = ("user_id", "ts", "item_id", "action", "weight")
 DAY = "dt"

@@ -42,10 +42,10 @@ def make_data(
     import numpy as np
     import pyarrow as pa
 
-    from summarizer import synth
     from summarizer.config import SynthConfig
-    from summarizer.events import dataset, day_path, list_days, write_day
-    from summarizer.validation import validate_dataset
+    from summarizer.data import synth
+    from summarizer.data.events import dataset, day_path, list_days, write_day
+    from summarizer.data.validation import validate_dataset
 
     events, valid_all, valid = work / "events", work / "valid_all", work / "valid"
     if not (work / "data.ok").exists():
@@ -78,8 +78,8 @@ def make_data(
 def make_model(work: Path, readout: str) -> str:
     import torch
 
-    from summarizer import artifacts
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     spec = ModelSpec()
     if readout == "state":  # the state read-out as the demo runs it (K = 2 x 32 = 64 tokens)
@@ -111,9 +111,9 @@ def in_process_rate(work: Path, model_dir: str, threads: int) -> dict[str, float
     import torch
 
     from batch_jobs.fold import FOLD_ORDER
-    from summarizer import artifacts
-    from summarizer.encoder import EventBatch
-    from summarizer.events import dataset
+    from summarizer.data.events import dataset
+    from summarizer.model import artifacts
+    from summarizer.model.encoder import EventBatch
 
     torch.set_num_threads(threads)
     model, _ = artifacts.load(model_dir)
@@ -208,7 +208,7 @@ def main() -> None:
     from batch_jobs import jobs
     from batch_jobs.spark import build_session
     from summarizer.config import VistaConfig
-    from summarizer.events import dataset, day_path, list_days
+    from summarizer.data.events import dataset, day_path, list_days
 
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)

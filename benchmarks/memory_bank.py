@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from summarizer.clustering import ClusterParams, cluster_history, engagement_levels  # noqa: E402
-from summarizer.gsu import topk  # noqa: E402
+from kernels.topk import topk  # noqa: E402
+from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels  # noqa: E402
 
 
 def events(n: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -40,8 +40,8 @@ def build(work: Path, users: int) -> tuple[str, str]:
     import numpy as np
     import torch
 
-    from summarizer import artifacts
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
     from summarizer.store import SummaryStore, summaries_schema
 
     model_dir, store_uri = work / "model", work / "store"
@@ -140,9 +140,9 @@ def part_b(model_dir: str, repeats: int) -> dict:
     import numpy as np
     import torch
 
-    from summarizer import artifacts
-    from summarizer.encoder import EventBatch, previous_times
-    from summarizer.ranker import context_features
+    from summarizer.model import artifacts
+    from summarizer.model.encoder import EventBatch, previous_times
+    from summarizer.model.ranker import context_features
 
     model, _ = artifacts.load(model_dir)
     ranker, m = model.ranker, 512

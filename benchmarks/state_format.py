@@ -27,8 +27,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 
-from summarizer import store_schema  # noqa: E402
-from summarizer.store import STATE, SummaryStore, state_batch  # noqa: E402
+from summarizer.store import (  # noqa: E402
+    STATE,
+    SummaryStore,
+    schema,  # noqa: E402
+    state_batch,
+)
 
 SHAPE = (2, 4, 32, 17)  # the demo model's state (state read-out, d=64, 4 heads, F=32)
 
@@ -54,17 +58,17 @@ def main() -> None:
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     formats = ["2.0", "2.2"]
-    default = store_schema.FILE_VERSIONS[STATE]
+    default = schema.FILE_VERSIONS[STATE]
     stores, writes = {}, {f: [] for f in formats}
     ids = np.arange(args.users, dtype=np.int64)
     try:
         for f in formats:  # each store's table created in its format
-            store_schema.FILE_VERSIONS[STATE] = f
+            schema.FILE_VERSIONS[STATE] = f
             stores[f] = SummaryStore(root / f)
             stores[f].commit_upsert(STATE, [stores[f].stage_fragments(STATE, states(ids, 0))])
             assert stores[f].location.open(STATE).data_storage_version == f
     finally:
-        store_schema.FILE_VERSIONS[STATE] = default
+        schema.FILE_VERSIONS[STATE] = default
     batch = states(ids[: args.rows], 1)
     mb = batch.nbytes / 1e6
     for _ in range(args.rounds):

@@ -26,9 +26,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 
-from summarizer.histories import load_histories, temporal_split  # noqa: E402
-from summarizer.metrics import compute_metrics  # noqa: E402
-from summarizer.train import Window, select_targets  # noqa: E402
+from summarizer.data.histories import load_histories, temporal_split  # noqa: E402
+from summarizer.training.metrics import compute_metrics  # noqa: E402
+from summarizer.training.train import Window, select_targets  # noqa: E402
 
 
 def main() -> None:

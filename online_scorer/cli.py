@@ -8,7 +8,7 @@ import sys
 import time
 
 from summarizer.config import VistaConfig
-from summarizer.store_errors import StoreError
+from summarizer.store.errors import StoreError
 
 
 def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@
 The store is read through a reader pinned to the ``serving`` tag and re-pinned
 every ``refresh_interval_s``; each request reads one version (the version
 it was scored against is in the result). The model part is the ranker of
-:mod:`summarizer.ranker`: candidates cross-attend to the K summary tokens
+:mod:`summarizer.model.ranker`: candidates cross-attend to the K summary tokens
 through :func:`kernels.attention` (Triton on CUDA, PyTorch on the CPU),
 candidates never attend to each other, so scoring m candidates together
 equals scoring each alone.
@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from summarizer import artifacts, gsu
+from kernels import topk
 from summarizer.config import VistaConfig
-from summarizer.model import VistaModel
-from summarizer.ranker import context_features
+from summarizer.model import artifacts
+from summarizer.model.ranker import context_features
+from summarizer.model.vista_model import VistaModel
 from summarizer.store import (
     MemoryBankReader,
     SummaryReader,
@@ -56,8 +57,8 @@ from summarizer.store import (
     SummaryStatus,
     SummaryStore,
 )
-from summarizer.store_errors import InvalidUserIdError
-from summarizer.store_read import validate_user_ids
+from summarizer.store.errors import InvalidUserIdError
+from summarizer.store.read import validate_user_ids
 
 DEFAULT_MAX_CANDIDATES = 4096
 
@@ -200,7 +201,7 @@ class OnlineScorer:
         model.require_summarizer()
         model.eval()
         if self.memory and model.spec.uses_memory_bank:
-            gsu.warm_up(self.gsu_backend)  # type: ignore[arg-type] # compile the search now
+            topk.warm_up(self.gsu_backend)  # type: ignore[arg-type] # compile the search now
         self._models[version] = model
         return version
 

@@ -34,7 +34,7 @@ def _cmd_config_show(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from summarizer import synth
+    from summarizer.data import synth
 
     flags = {"n_users": args.users, "max_events": args.max_events, "seed": args.seed}
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -51,7 +51,7 @@ def _cmd_data_synth(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_data_ingest(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from summarizer import movielens
+    from summarizer.data import movielens
 
     out = args.out or cfg.data.events_dir
     rows, days = movielens.ingest(args.path, out)
@@ -60,7 +60,7 @@ def _cmd_data_ingest(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_data_validate(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from summarizer.validation import SchemaMismatchError, validate_dataset
+    from summarizer.data.validation import SchemaMismatchError, validate_dataset
 
     src = args.input or cfg.data.events_dir
     try:
@@ -88,7 +88,7 @@ def _cmd_data_validate(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _train_config(cfg: VistaConfig, args: argparse.Namespace) -> Any:
-    from summarizer.train import TrainConfig
+    from summarizer.training.train import TrainConfig
 
     tc = TrainConfig(**cfg.train.model_dump())
     if getattr(args, "epochs", None) is not None:
@@ -97,7 +97,7 @@ def _train_config(cfg: VistaConfig, args: argparse.Namespace) -> Any:
 
 
 def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
-    from summarizer.model import ModelSpec
+    from summarizer.model.vista_model import ModelSpec
 
     m = cfg.model
     return ModelSpec(
@@ -124,10 +124,10 @@ def _model_spec(cfg: VistaConfig, kind: str = "vista") -> Any:
 def _cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
     import numpy as np
 
-    from summarizer import artifacts
-    from summarizer.histories import load_histories, temporal_split
-    from summarizer.model import VistaModel
-    from summarizer.train import Window, evaluate, train
+    from summarizer.data.histories import load_histories, temporal_split
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import VistaModel
+    from summarizer.training.train import Window, evaluate, train
 
     data = args.data or cfg.data.valid_dir
     out = args.out or cfg.model.model_dir
@@ -158,20 +158,20 @@ def _cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from summarizer import evaluate
+    from summarizer.training import harness
 
     data = args.data or cfg.data.valid_dir
-    variants = evaluate.default_variants(_model_spec(cfg), last_k=cfg.model.last_k)
+    variants = harness.default_variants(_model_spec(cfg), last_k=cfg.model.last_k)
     if args.models:
         wanted = [w.strip().lower() for w in args.models.split(",")]
         # Prefix match: a substring match made "DIN" pick "LinkedIn" too.
         variants = [v for v in variants if any(v.name.lower().startswith(w) for w in wanted)]
         if not variants:
             raise ValueError(f"no model matches {args.models!r}")
-    rows = evaluate.run(
+    rows = harness.run(
         data, variants, _train_config(cfg, args), out_dir=args.out, progress=not args.quiet
     )
-    print(evaluate.format_table(rows))
+    print(harness.format_table(rows))
     if args.out:
         print(f"wrote {args.out}/results.md, results.json and quality_vs_cost.png")
     return 0
@@ -180,9 +180,9 @@ def _cmd_evaluate(cfg: VistaConfig, args: argparse.Namespace) -> int:
 def _cmd_summarize(cfg: VistaConfig, args: argparse.Namespace) -> int:
     import torch
 
-    from summarizer import artifacts
-    from summarizer.encoder import EventBatch
-    from summarizer.histories import load_histories
+    from summarizer.data.histories import load_histories
+    from summarizer.model import artifacts
+    from summarizer.model.encoder import EventBatch
 
     model, version = artifacts.load(args.model or cfg.model.model_dir)
     summ = model.require_summarizer()
@@ -215,10 +215,10 @@ def _cmd_cluster(cfg: VistaConfig, args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from summarizer import artifacts
-    from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
-    from summarizer.gsu import topk
-    from summarizer.histories import load_histories
+    from kernels.topk import topk
+    from summarizer.data.histories import load_histories
+    from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.model import artifacts
 
     model, version = artifacts.load(args.model or cfg.model.model_dir)
     hist = load_histories(args.data or cfg.data.valid_dir, users=[args.user])
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--model", help="model folder (default: model.model_dir)")
     cl.set_defaults(func=_cmd_cluster)
 
-    from summarizer.store_cli import register as register_store
+    from summarizer.store.cli import register as register_store
 
     register_store(sub)
     from batch_jobs.cli import register as register_jobs

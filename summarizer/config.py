@@ -43,7 +43,7 @@ class DataConfig(_Section):
 
 
 class SynthConfig(_Section):
-    """The synthetic lifelong-history generator (see summarizer/synth.py)."""
+    """The synthetic lifelong-history generator (see summarizer/data/synth.py)."""
 
     n_users: int = Field(2000, ge=1)
     n_topics: int = Field(400, ge=4)
@@ -118,7 +118,7 @@ class ModelConfig(_Section):
 
 
 class TrainSection(_Section):
-    """Training (mirrors summarizer.train.TrainConfig)."""
+    """Training (mirrors summarizer.training.train.TrainConfig)."""
 
     epochs: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -207,7 +207,7 @@ class PipelineConfig(_Section):
 
 
 class MemoryConfig(_Section):
-    """TWIN-V2 memory banks for the GSU (summarizer/clustering.py, `vista job cluster`)."""
+    """TWIN-V2 memory banks for the GSU (summarizer/memory/clustering.py, `vista job cluster`)."""
 
     enabled: bool = Field(
         False, description="the nightly DAG adds the day to every active user's memory bank"

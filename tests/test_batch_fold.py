@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from batch_jobs.fold import FoldParams, PartitionFolder, PartitionStats
-from summarizer import artifacts
-from summarizer.encoder import EventBatch
-from summarizer.model import ModelSpec, VistaModel
+from summarizer.model import artifacts
+from summarizer.model.encoder import EventBatch
+from summarizer.model.vista_model import ModelSpec, VistaModel
 from summarizer.store import (
     STATE,
     SUMMARIES,
@@ -25,7 +25,7 @@ from summarizer.store import (
     StateRecord,
     SummaryStore,
 )
-from summarizer.store_schema import kv_dtype_of, state_schema
+from summarizer.store.schema import kv_dtype_of, state_schema
 
 pytestmark = pytest.mark.integration
 

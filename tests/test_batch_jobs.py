@@ -15,9 +15,9 @@ pytest.importorskip("pyspark")
 
 from batch_jobs import jobs, ledger  # noqa: E402
 from summarizer.config import SynthConfig, VistaConfig  # noqa: E402
-from summarizer.events import EVENT_SCHEMA, dataset, list_days, read_day, write_day  # noqa: E402
+from summarizer.data.events import EVENT_SCHEMA, dataset, list_days, read_day, write_day  # noqa: E402
+from summarizer.data.validation import reference_time, validate_table  # noqa: E402
 from summarizer.store import STATE, SUMMARIES, SummaryStore  # noqa: E402
-from summarizer.validation import reference_time, validate_table  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +68,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any
     """Synthetic events (bad rows and one late event included), a model, validated days."""
     import torch
 
-    from summarizer import artifacts, synth
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.data import synth
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     root = tmp_path_factory.mktemp("batch")
     cfg = _cfg(root)
@@ -176,8 +177,8 @@ def test_validate_refuses_a_schema_mismatch(spark: Any, tmp_path: Path) -> None:
 # -- summarize ----------------------------------------------------------------------------------
 def _in_process(cfg: VistaConfig, user_id: int, through: str | None = None) -> tuple[Any, Any]:
     """The reference: the summarizer run in this process on the user's valid events."""
-    from summarizer import artifacts
-    from summarizer.encoder import EventBatch
+    from summarizer.model import artifacts
+    from summarizer.model.encoder import EventBatch
 
     model, _ = artifacts.load(cfg.model.model_dir)
     t = dataset(cfg.data.valid_dir).to_table(filter=pc.field("user_id") == user_id)
@@ -352,8 +353,8 @@ def _gsu_cfg(world: dict[str, Any], store: str) -> VistaConfig:
     """The world's config with a VISTA + GSU model and small banks (gamma 24, C 64)."""
     import torch
 
-    from summarizer import artifacts
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     cfg = _cfg(world["root"], store)
     model_dir = world["root"] / "model-gsu"
@@ -376,9 +377,9 @@ def _user_events(cfg: VistaConfig, user_id: int, days: list[str]) -> tuple[np.nd
 
 def _expected_full(cfg: VistaConfig, user_id: int, days: list[str]) -> Any:
     """The reference: the user's valid events encoded and clustered in this process."""
-    from summarizer import artifacts
-    from summarizer.banks import encode_events
-    from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.model import artifacts
+    from summarizer.training.banks import encode_events
 
     model, _ = artifacts.load(cfg.model.model_dir)
     item, ts, action, w = _user_events(cfg, user_id, days)
@@ -395,7 +396,7 @@ def _assert_same_bank(got: Any, want: Any) -> None:
 
 
 def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, Any]) -> None:
-    from summarizer.clustering import MemoryBank
+    from summarizer.memory.clustering import MemoryBank
 
     cfg = _gsu_cfg(world, "cluster-full")
     report = jobs.run_cluster(spark, cfg, mode="full")
@@ -422,9 +423,14 @@ def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, 
 def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no_ops(
     spark: Any, world: dict[str, Any]
 ) -> None:
-    from summarizer import artifacts
-    from summarizer.banks import encode_events
-    from summarizer.clustering import ClusterParams, MemoryBank, assign_new, engagement_levels
+    from summarizer.memory.clustering import (
+        ClusterParams,
+        MemoryBank,
+        assign_new,
+        engagement_levels,
+    )
+    from summarizer.model import artifacts
+    from summarizer.training.banks import encode_events
 
     days = world["days"]
     cfg = _gsu_cfg(world, "cluster-inc")

@@ -55,7 +55,7 @@ def test_validate_exits_nonzero_on_schema_mismatch(
 ) -> None:
     import pyarrow as pa
 
-    from summarizer.events import write_day
+    from summarizer.data.events import write_day
 
     write_day(
         pa.table({"user_id": ["x"], "ts": [1], "item_id": [1], "action": [0]}),

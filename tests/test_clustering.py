@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from summarizer.clustering import (
+from kernels.topk import choose_backend, topk
+from summarizer.memory.clustering import (
     ClusterParams,
     MemoryBank,
     assign_new,
@@ -17,7 +18,6 @@ from summarizer.clustering import (
     effective_cluster_size,
     engagement_levels,
 )
-from summarizer.gsu import choose_backend, topk
 
 
 def history(n: int, seed: int = 0, d: int = 16) -> tuple[np.ndarray, ...]:
@@ -177,9 +177,9 @@ def test_cluster_cli_builds_a_bank_and_searches_it(
 
     import torch
 
-    from summarizer import artifacts
     from summarizer.cli import main
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VISTA_SYNTH__MAX_EVENTS", "3000")

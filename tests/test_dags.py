@@ -19,7 +19,7 @@ pytest.importorskip("airflow")
 pytest.importorskip("pyspark")
 
 from summarizer.config import SynthConfig, config_to_toml, load_config  # noqa: E402
-from summarizer.events import EVENT_SCHEMA, dataset, list_days, write_day  # noqa: E402
+from summarizer.data.events import EVENT_SCHEMA, dataset, list_days, write_day  # noqa: E402
 from summarizer.store import SUMMARIES, SummaryStore  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     from batch_jobs import jobs
     from batch_jobs.spark import build_session
-    from summarizer import artifacts, synth
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.data import synth
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     root = tmp_path_factory.mktemp("dags")
     toml = root / "vista.toml"
@@ -250,8 +251,8 @@ def test_the_retrain_gate_refuses_a_worse_model(world: dict[str, Any], tmp_path:
     import torch
 
     from batch_jobs import pipeline
-    from summarizer import artifacts
-    from summarizer.histories import temporal_split
+    from summarizer.data.histories import temporal_split
+    from summarizer.model import artifacts
 
     cfg = world["cfg"]
     model, _ = artifacts.load(cfg.model.model_dir)

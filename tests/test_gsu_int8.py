@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from summarizer import gsu, gsu_int8
+from kernels import topk, topk_int8
 
-pytestmark = pytest.mark.skipif(not gsu_int8.available(), reason="numba not installed")
+pytestmark = pytest.mark.skipif(not topk_int8.available(), reason="numba not installed")
 
 
 def brute(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +20,7 @@ def brute(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def check(q: np.ndarray, bank: np.ndarray, k: int) -> None:
-    scores, idx = gsu_int8.topk(q, bank, k)
+    scores, idx = topk_int8.topk(q, bank, k)
     want_s, want_i = brute(q, bank, k)
     assert idx.dtype == np.int64 and scores.dtype == np.float32
     assert np.array_equal(idx, want_i)
@@ -88,14 +88,14 @@ def test_gsu_routes_small_banks_to_the_heap_search() -> None:
     rng = np.random.default_rng(5)
     q = rng.standard_normal((8, 16)).astype(np.float32)
     small = rng.standard_normal((100, 16)).astype(np.float32)
-    assert not gsu_int8.suitable(100, 32)
+    assert not topk_int8.suitable(100, 32)
     with pytest.raises(ValueError, match="C >= 2048"):
-        gsu_int8.topk(q, small, 32)
-    s, i = gsu.topk(q, small, 32, "int8")  # same answer through the heap search
+        topk_int8.topk(q, small, 32)
+    s, i = topk.topk(q, small, 32, "int8")  # same answer through the heap search
     want_s, want_i = brute(q, small, 32)
     assert np.array_equal(i, want_i)
-    assert gsu.choose_backend("auto") in ("int8", "faiss")
-    empty_s, empty_i = gsu.topk(np.zeros((0, 16), np.float32), np.ones((4096, 16), np.float32), 3)
+    assert topk.choose_backend("auto") in ("int8", "faiss")
+    empty_s, empty_i = topk.topk(np.zeros((0, 16), np.float32), np.ones((4096, 16), np.float32), 3)
     assert empty_s.shape == (0, 3) and empty_i.shape == (0, 3)
 
 
@@ -104,11 +104,11 @@ def test_non_finite_input_falls_back_to_brute_force() -> None:
     bank = rng.standard_normal((2048, 8)).astype(np.float32)
     q = rng.standard_normal((4, 8)).astype(np.float32)
     q[2, 1] = np.inf
-    scores, idx = gsu_int8.topk(q, bank, 4)
+    scores, idx = topk_int8.topk(q, bank, 4)
     want_s, want_i = brute(q[[0, 1, 3]], bank, 4)
     assert np.array_equal(idx[[0, 1, 3]], want_i)
     zeros = np.zeros((2048, 8), np.float32)
-    assert np.array_equal(gsu_int8.topk(q[:2], zeros, 4)[1], [[0, 1, 2, 3]] * 2)
+    assert np.array_equal(topk_int8.topk(q[:2], zeros, 4)[1], [[0, 1, 2, 3]] * 2)
 
 
 def test_concurrent_requests_get_their_own_answers() -> None:
@@ -124,7 +124,7 @@ def test_concurrent_requests_get_their_own_answers() -> None:
         for i in range(6)
     ]
     with ThreadPoolExecutor(3) as pool:
-        got = list(pool.map(lambda job: gsu_int8.topk(job[0], job[1], 32), jobs))
+        got = list(pool.map(lambda job: topk_int8.topk(job[0], job[1], 32), jobs))
     for (q, bank), (_, idx) in zip(jobs, got, strict=True):
         assert np.array_equal(idx, brute(q, bank, 32)[1])
 
@@ -139,12 +139,12 @@ def test_the_callers_torch_thread_count_is_kept() -> None:
     code = (
         "import numpy as np, torch, faiss\n"
         "torch.set_num_threads(1)\n"
-        "from summarizer import gsu\n"
+        "from kernels import topk\n"
         "rng = np.random.default_rng(4)\n"
         "q = rng.standard_normal((64, 16)).astype(np.float32)\n"
         "bank = rng.standard_normal((4096, 16)).astype(np.float32)\n"
         "for backend in ('torch', 'faiss', 'heap', 'int8'):\n"  # as in a benchmark
-        "    gsu.topk(q, bank, 8, backend)\n"
+        "    topk.topk(q, bank, 8, backend)\n"
         "print(torch.get_num_threads(), faiss.omp_get_max_threads())\n"
     )
     root = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
 
     import torch
 
-    from summarizer.model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import ModelSpec, VistaModel
 
     torch.manual_seed(0)
     spec = ModelSpec(num_seeds=8, d_model=32, num_heads=2, item_buckets=1024, gsu_k=8)
@@ -169,7 +169,7 @@ def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
     torch.nn.init.normal_(model.ranker.gsu_gate)
     tokens = torch.randn(3000, spec.d_model)
     sizes = torch.randint(1, 50, (3000,))
-    assert gsu_int8.suitable(3000, spec.gsu_k)
+    assert topk_int8.suitable(3000, spec.gsu_k)
     memory = torch.randn(12, spec.d_model)
     items = torch.arange(200) * 7
     logits = {

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
-from summarizer import movielens
-from summarizer.events import EVENT_SCHEMA, Action, dataset
-from summarizer.validation import validate_dataset
+from summarizer.data import movielens
+from summarizer.data.events import EVENT_SCHEMA, Action, dataset
+from summarizer.data.validation import validate_dataset
 
 
 @pytest.mark.parametrize(

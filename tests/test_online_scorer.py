@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from online_scorer import InvalidRequestError, ModelVersionError, OnlineScorer
-from summarizer import artifacts
-from summarizer.encoder import EventBatch
-from summarizer.model import ModelSpec, VistaModel
+from summarizer.model import artifacts
+from summarizer.model.encoder import EventBatch
+from summarizer.model.vista_model import ModelSpec, VistaModel
 from summarizer.store import SummaryRecord, SummaryStatus, SummaryStore
 
 SPEC = ModelSpec(
@@ -277,7 +277,7 @@ def gsu_world(tmp_path: Path) -> dict[str, Any]:
     as the model encodes them) for all of them but user 3."""
     import dataclasses
 
-    from summarizer.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels
     from summarizer.store import memory_bank_schema
 
     torch.manual_seed(0)

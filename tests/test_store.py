@@ -101,7 +101,7 @@ def test_record_conversions_round_trip() -> None:
 def test_states_round_trip_to_summary_state(store: SummaryStore) -> None:
     import torch
 
-    from summarizer.vista import SummaryState
+    from summarizer.model.summarization import SummaryState
 
     kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
     state = SummaryState(kv, 1234, 10, 99)
@@ -123,9 +123,9 @@ def test_a_float64_state_table_keeps_its_precision(store: SummaryStore) -> None:
     follow the table (no failed incremental run, no mixed column), exactly."""
     import torch
 
+    from summarizer.model.summarization import SummaryState
     from summarizer.store import state_schema
-    from summarizer.store_schema import kv_dtype_of
-    from summarizer.vista import SummaryState
+    from summarizer.store.schema import kv_dtype_of
 
     kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
     store.publish(
@@ -144,8 +144,8 @@ def test_state_table_is_created_in_its_file_format(store: SummaryStore, tmp_path
     lance's default; a table created in another format keeps it for later fragments."""
     import torch
 
-    from summarizer.store_schema import FILE_VERSIONS
-    from summarizer.vista import SummaryState
+    from summarizer.model.summarization import SummaryState
+    from summarizer.store.schema import FILE_VERSIONS
 
     def state(u: int) -> StateRecord:
         kv = torch.randn(2, 4, 8, 17, dtype=torch.float64)
@@ -383,9 +383,9 @@ def test_lance_dataset_sees_store_layout(store: SummaryStore) -> None:
 
 
 def test_upsert_through_full_key_scan(store: SummaryStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from summarizer import store_write
+    from summarizer.store import write
 
-    monkeypatch.setattr(store_write, "INDEXED_LOOKUP_MAX", 0)  # the path big publishes take
+    monkeypatch.setattr(write, "INDEXED_LOOKUP_MAX", 0)  # the path big publishes take
     store.publish(records(range(20), marker=1))
     store.publish(records(range(10, 30), marker=2, seed=4))
     store.publish(records(range(10, 30), marker=2, seed=4))

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from summarizer import store_write
 from summarizer.store import (
     SUMMARIES,
     DuplicateUserError,
@@ -23,6 +22,7 @@ from summarizer.store import (
     SummaryRecord,
     SummaryStore,
     summaries_to_batch,
+    write,
 )
 
 pytestmark = pytest.mark.integration
@@ -207,5 +207,5 @@ def test_reader_during_publishes_from_another_process(store: SummaryStore) -> No
 
 
 def test_commit_lock_is_per_table() -> None:
-    assert store_write._commit_lock("a") is store_write._commit_lock("a")
-    assert store_write._commit_lock("a") is not store_write._commit_lock("b")
+    assert write._commit_lock("a") is write._commit_lock("a")
+    assert write._commit_lock("a") is not write._commit_lock("b")

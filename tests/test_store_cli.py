@@ -12,7 +12,7 @@ import pytest
 
 from summarizer.config import StoreConfig, VistaConfig
 from summarizer.store import SummaryRecord, SummaryStore
-from summarizer.store_cli import (
+from summarizer.store.cli import (
     cmd_store_compact,
     cmd_store_info,
     cmd_store_promote,

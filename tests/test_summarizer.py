@@ -11,11 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from summarizer import artifacts
-from summarizer.batching import TargetBatch, forward_targets
-from summarizer.encoder import EventBatch, previous_times
-from summarizer.model import KINDS, ModelSpec, VistaModel
-from summarizer.vista import SummaryState, VistaSummarizer
+from summarizer.model import artifacts
+from summarizer.model.encoder import EventBatch, previous_times
+from summarizer.model.summarization import SummaryState, VistaSummarizer
+from summarizer.model.vista_model import KINDS, ModelSpec, VistaModel
+from summarizer.training.forward import TargetBatch, forward_targets
 
 SMALL = ModelSpec(
     num_seeds=8,
@@ -175,7 +175,7 @@ def test_readout_without_gradients_in_pieces_equals_one_pass(
 ) -> None:
     """Inference reads out a few users at a time (cache-sized passes): the same tokens as
     one differentiable pass over all of them."""
-    from summarizer import vista
+    from summarizer.model import summarization
 
     summ = model.summarizer
     assert summ is not None
@@ -183,7 +183,7 @@ def test_readout_without_gradients_in_pieces_equals_one_pass(
     kv = torch.stack([st.kv for st in states]).float()
     n = torch.tensor([st.n_events for st in states])
     whole = summ.readout_batch(kv, n).detach()  # gradients on: one pass
-    monkeypatch.setattr(vista, "READOUT_PASS_BYTES", 3 * 4 * summ.num_seeds * summ.dim)
+    monkeypatch.setattr(summarization, "READOUT_PASS_BYTES", 3 * 4 * summ.num_seeds * summ.dim)
     calls = []
     inner = type(summ).readout_batch
 
@@ -211,7 +211,7 @@ def test_late_events_get_a_zero_gap_and_keep_the_latest_time(model: VistaModel) 
     after = summ.fold(state, late)
     assert after.last_ts == state.last_ts and after.first_ts == int(early.ts[0]) - 100
     # Its gap is measured against the latest time folded before it: 0, not negative.
-    from summarizer.encoder import previous_times
+    from summarizer.model.encoder import previous_times
 
     assert int(previous_times(late.ts, state.last_ts)[0]) == state.last_ts
 
@@ -439,7 +439,7 @@ def test_seed_map_reads_a_softmax_over_events() -> None:
     read equals softmax(q_k . k_t) over the events applied to their values, computed directly."""
     import dataclasses
 
-    from summarizer.vista import SEED_LOGIT_CAP
+    from summarizer.model.summarization import SEED_LOGIT_CAP
 
     torch.manual_seed(5)
     m = VistaModel(dataclasses.replace(SMALL, feature_map="seed", num_layers=1)).eval()
@@ -448,7 +448,7 @@ def test_seed_map_reads_a_softmax_over_events() -> None:
     assert summ.state_shape == (1, 4, SMALL.num_seeds, 32 // 4 + 1)
     events = random_events(50, seed=6)
     state = summ.fold(summ.empty_state(), events)
-    from summarizer.encoder import previous_times
+    from summarizer.model.encoder import previous_times
 
     with torch.no_grad():
         e = summ.encoder(events, previous_times(events.ts, None))
@@ -472,7 +472,7 @@ def test_event_values_sum_the_encoded_events() -> None:
     checked against the encoder's output directly; a bad mode is refused by name."""
     import dataclasses
 
-    from summarizer.encoder import previous_times
+    from summarizer.model.encoder import previous_times
 
     torch.manual_seed(7)
     m = VistaModel(dataclasses.replace(SMALL, values="events")).eval()
@@ -649,7 +649,7 @@ def test_gsu_spec_is_checked() -> None:
 
 
 def test_prefix_cluster_tokens_are_the_means_of_earlier_members() -> None:
-    from summarizer.banks import prefix_cluster_tokens
+    from summarizer.training.banks import prefix_cluster_tokens
 
     g = torch.Generator().manual_seed(0)
     e = torch.randn(40, 6, generator=g, dtype=torch.float64)
@@ -670,7 +670,7 @@ def test_gsu_over_clusters_training_path_equals_serving_with_those_cluster_token
     serving does with that bank."""
     import dataclasses
 
-    from summarizer.banks import prefix_cluster_tokens
+    from summarizer.training.banks import prefix_cluster_tokens
 
     torch.manual_seed(3)
     model = VistaModel(dataclasses.replace(SMALL, kind="sim", gsu_k=3, memory="clusters")).eval()

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from summarizer import synth
 from summarizer.config import SynthConfig
-from summarizer.events import EVENT_SCHEMA, Action, dataset, sort_events
-from summarizer.validation import validate_dataset
+from summarizer.data import synth
+from summarizer.data.events import EVENT_SCHEMA, Action, dataset, sort_events
+from summarizer.data.validation import validate_dataset
 
 SMALL = SynthConfig(n_users=40, min_events=20, max_events=5000, giant_users=1, span_days=30, seed=7)
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from summarizer import evaluate, synth
 from summarizer.config import SynthConfig
-from summarizer.histories import event_labels, load_histories, temporal_split
-from summarizer.metrics import auc_score, compute_metrics
-from summarizer.model import ModelSpec, VistaModel
-from summarizer.train import (
+from summarizer.data import synth
+from summarizer.data.histories import event_labels, load_histories, temporal_split
+from summarizer.data.validation import validate_dataset
+from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.training import harness
+from summarizer.training.metrics import auc_score, compute_metrics
+from summarizer.training.train import (
     TrainConfig,
     Window,
     bank_labels_for,
@@ -23,7 +25,6 @@ from summarizer.train import (
     select_targets,
     train,
 )
-from summarizer.validation import validate_dataset
 
 TINY = ModelSpec(
     num_seeds=8, d_model=32, num_heads=4, feature_dim=8, num_layers=1, item_buckets=2048, last_k=20
@@ -162,10 +163,10 @@ def test_implicit_feedback_gets_sampled_negatives(small_data: Path) -> None:
 def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
     variants = [
         v
-        for v in evaluate.default_variants(TINY, last_k=20)
+        for v in harness.default_variants(TINY, last_k=20)
         if v.name in ("no history", "VISTA K=16")
     ]
-    rows = evaluate.run(
+    rows = harness.run(
         small_data, variants, dataclasses.replace(FAST, epochs=1), out_dir=tmp_path, progress=False
     )
     assert [r.model for r in rows] == ["no history", "VISTA K=16"]
@@ -178,20 +179,20 @@ def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
 def test_online_cost_model_orders_the_baselines() -> None:
     spec = ModelSpec()
     cost = {
-        k: evaluate.online_flops_per_candidate(dataclasses.replace(spec, kind=k), 100_000)
+        k: harness.online_flops_per_candidate(dataclasses.replace(spec, kind=k), 100_000)
         for k in ("none", "mean", "vista", "din", "full")
     }
     assert cost["none"] < cost["mean"] < cost["vista"] < cost["full"]
     assert cost["full"] > 100 * cost["vista"]  # full-history attention grows with n; VISTA does not
     gsu = dataclasses.replace(spec, gsu_k=32)
-    sim = evaluate.online_flops_per_candidate(dataclasses.replace(gsu, kind="sim"), 100_000)
-    vista_gsu = evaluate.online_flops_per_candidate(gsu, 100_000)
+    sim = harness.online_flops_per_candidate(dataclasses.replace(gsu, kind="sim"), 100_000)
+    vista_gsu = harness.online_flops_per_candidate(gsu, 100_000)
     assert cost["vista"] < vista_gsu and cost["din"] < sim < cost["full"]  # the search grows with n
 
 
 def test_bucketed_reading_covers_every_user_once(small_data: Path) -> None:
     """Data larger than memory is read one user bucket at a time; together the buckets are all."""
-    from summarizer.histories import iter_history_buckets
+    from summarizer.data.histories import iter_history_buckets
 
     whole = load_histories(small_data)
     buckets = list(iter_history_buckets(small_data, 4))
@@ -216,8 +217,12 @@ def test_train_section_defaults_match_train_config() -> None:
 def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path) -> None:
     """Events before the cut-off are TWIN-V2-clustered on the model's encodings; later ones
     join the nearest cluster of their level, so nothing after the cut-off shapes the bank."""
-    from summarizer.banks import bank_partition
-    from summarizer.clustering import ClusterParams, cluster_history_with_labels, engagement_levels
+    from summarizer.memory.clustering import (
+        ClusterParams,
+        cluster_history_with_labels,
+        engagement_levels,
+    )
+    from summarizer.training.banks import bank_partition
 
     hist = load_histories(small_data)
     t1, _ = temporal_split(small_data)
@@ -229,7 +234,7 @@ def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path)
     a, b = int(hist.offsets[u]), int(hist.offsets[u + 1])
     cut = int(np.searchsorted(hist.ts[a:b], t1))
     assert 0 < cut < b - a
-    from summarizer.banks import encode_events
+    from summarizer.training.banks import encode_events
 
     emb = encode_events(model, hist.item_id[a:b], hist.ts[a:b], hist.action[a:b], hist.weight[a:b])
     level = engagement_levels(hist.action[a:b], hist.weight[a:b])

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from summarizer.events import EVENT_SCHEMA, day_bounds, read_day, write_day
-from summarizer.validation import (
+from summarizer.data.events import EVENT_SCHEMA, day_bounds, read_day, write_day
+from summarizer.data.validation import (
     REASONS,
     SchemaMismatchError,
     validate_dataset,

@@ -8,9 +8,9 @@
 
 Distributed publish (Spark): workers call ``store.stage_fragments(table, batches)``
 and return the StagedFragments; the driver calls ``store.commit_upsert(table,
-staged)`` once. See :mod:`summarizer.store_write` for why that is atomic and
-idempotent, :mod:`summarizer.store_read` for the read path and
-:mod:`summarizer.store_versions` for tags, rollback and compaction.
+staged)`` once. See :mod:`summarizer.store.write` for why that is atomic and
+idempotent, :mod:`summarizer.store.read` for the read path and
+:mod:`summarizer.store.versions` for tags, rollback and compaction.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from summarizer.config import StoreConfig
-from summarizer.store_banks import MemoryBankReader
-from summarizer.store_errors import (
+from summarizer.store.banks import MemoryBankReader
+from summarizer.store.errors import (
     ConcurrentWriteError,
     DuplicateUserError,
     InvalidUserIdError,
@@ -38,8 +38,8 @@ from summarizer.store_errors import (
     TableNotFoundError,
     VersionNotFoundError,
 )
-from summarizer.store_location import StoreLocation
-from summarizer.store_read import (
+from summarizer.store.location import StoreLocation
+from summarizer.store.read import (
     SERVING_TAG,
     Lookup,
     SummaryBatch,
@@ -48,7 +48,7 @@ from summarizer.store_read import (
     SummaryStatus,
     validate_user_ids,
 )
-from summarizer.store_records import (
+from summarizer.store.records import (
     MemoryBankRecord,
     StateColumns,
     StateRecord,
@@ -62,7 +62,7 @@ from summarizer.store_records import (
     summaries_to_batch,
     summary_batch,
 )
-from summarizer.store_schema import (
+from summarizer.store.schema import (
     KEY,
     MEMORY_BANK,
     STATE,
@@ -73,8 +73,8 @@ from summarizer.store_schema import (
     state_schema,
     summaries_schema,
 )
-from summarizer.store_stage import StagedFragments, stage_fragments
-from summarizer.store_versions import (
+from summarizer.store.stage import StagedFragments, stage_fragments
+from summarizer.store.versions import (
     MaintenanceResult,
     RollbackResult,
     StoreInfo,
@@ -84,7 +84,7 @@ from summarizer.store_versions import (
     store_info,
     tag_versions,
 )
-from summarizer.store_write import PublishResult, commit_upsert
+from summarizer.store.write import PublishResult, commit_upsert
 
 __all__ = [
     "MEMORY_BANK",

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import lance
 
-from summarizer.store_errors import NoServingVersionError, VersionNotFoundError
-from summarizer.store_location import StoreLocation
-from summarizer.store_read import SERVING_TAG
-from summarizer.store_schema import SUMMARIES, TABLES, metadata_of
+from summarizer.store.errors import NoServingVersionError, VersionNotFoundError
+from summarizer.store.location import StoreLocation
+from summarizer.store.read import SERVING_TAG
+from summarizer.store.schema import SUMMARIES, TABLES, metadata_of
 
 PREVIOUS_TAG = "serving-previous"
 

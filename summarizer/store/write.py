@@ -35,15 +35,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import FragmentMetadata
 
-from summarizer.store_errors import (
+from summarizer.store.errors import (
     ConcurrentWriteError,
     DuplicateUserError,
     SchemaMismatchError,
     StoreError,
 )
-from summarizer.store_location import StoreLocation
-from summarizer.store_schema import KEY, META_MODEL, model_version_of
-from summarizer.store_stage import (
+from summarizer.store.location import StoreLocation
+from summarizer.store.schema import KEY, META_MODEL, model_version_of
+from summarizer.store.stage import (
     StagedFragments,
     canonical_schema,
     check_against_table,

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from summarizer.model import ModelSpec, VistaModel
+from summarizer.model.vista_model import ModelSpec, VistaModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from summarizer.events import Action, write_partitioned
+from summarizer.data.events import Action, write_partitioned
 
 _RAW_TYPES = {
     "user_id": pa.int64(),

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from summarizer.batching import TargetBatch, forward_targets
-from summarizer.encoder import SECONDS_PER_DAY, WEIGHT_SCALE, EventBatch
-from summarizer.histories import Histories
-from summarizer.metrics import Metrics, compute_metrics
-from summarizer.model import VistaModel
+from summarizer.data.histories import Histories
+from summarizer.model.encoder import SECONDS_PER_DAY, WEIGHT_SCALE, EventBatch
+from summarizer.model.vista_model import VistaModel
+from summarizer.training.forward import TargetBatch, forward_targets
+from summarizer.training.metrics import Metrics, compute_metrics
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
     eval_targets_per_user: int = 64
     seed: int = 0
     threads: int = 0  # 0: torch's default
-    # TWIN-V2 banks of models with memory="clusters" (summarizer.banks): gamma and C.
+    # TWIN-V2 banks of models with memory="clusters" (summarizer.training.banks): gamma and C.
     bank_cluster_size: int = 32
     bank_max_clusters: int = 1000
 
@@ -192,11 +192,11 @@ def bank_labels_for(
     model: VistaModel, hist: Histories, cutoff: int, cfg: TrainConfig
 ) -> np.ndarray | None:
     """Cluster ids of every event for a model whose bank is TWIN-V2 clusters, with the
-    clusters as of ``cutoff`` (summarizer.banks); None for any other model."""
+    clusters as of ``cutoff`` (summarizer.training.banks); None for any other model."""
     if not (model.spec.uses_memory_bank and model.spec.memory == "clusters"):
         return None
-    from summarizer.banks import bank_partition
-    from summarizer.clustering import ClusterParams
+    from summarizer.memory.clustering import ClusterParams
+    from summarizer.training.banks import bank_partition
 
     params = ClusterParams(
         max_cluster_size=cfg.bank_cluster_size, max_clusters=cfg.bank_max_clusters, seed=cfg.seed

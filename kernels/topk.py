@@ -6,7 +6,7 @@ backends, same answer:
 
 * ``int8`` (what ``auto`` picks on a CPU for banks of at least 64 k tokens): an
   int8 product screens out every token that provably cannot reach a candidate's
-  top k, the rest are scored exactly (:mod:`summarizer.gsu_int8`). Needs numba;
+  top k, the rest are scored exactly (:mod:`kernels.topk_int8`). Needs numba;
   smaller banks go to ``heap``. On this 2-core CPU (m=512, k=32, two threads):
   4.6 ms at C=10^4 against 8.0 (heap), 11.0 (torch), 12.1 (FAISS IndexFlatIP);
 * ``heap`` (``auto``'s pick for smaller banks, or without numba): the scores by
@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from summarizer import gsu_int8
+from kernels import topk_int8
 
 Backend = Literal["auto", "int8", "heap", "torch", "faiss"]
 BACKENDS = ("auto", "int8", "heap", "torch", "faiss")
@@ -51,14 +51,14 @@ def choose_backend(backend: Backend = "auto") -> str:
     if backend == "auto":
         if _faiss_gpu_available():
             return "faiss"
-        return "int8" if gsu_int8.available() else "heap"
+        return "int8" if topk_int8.available() else "heap"
     return backend
 
 
 def warm_up(backend: Backend = "auto") -> None:
     """Get the chosen backend ready (compile the int8 kernel) before the first request."""
     if choose_backend(backend) == "int8":
-        gsu_int8.warm_up()
+        topk_int8.warm_up()
 
 
 def _check(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -81,8 +81,8 @@ def topk(
         return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
     chosen = choose_backend(backend)
     if chosen == "int8":
-        if gsu_int8.suitable(b.shape[0], k) and gsu_int8.available():
-            return gsu_int8.topk(q, b, k)
+        if topk_int8.suitable(b.shape[0], k) and topk_int8.available():
+            return topk_int8.topk(q, b, k)
         chosen = "heap"  # a small bank: the heap search is as fast, and the answer the same
     if chosen == "heap":
         return _heap_topk(q, b, k)

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from summarizer.store_errors import InvalidUserIdError, NoServingVersionError
-from summarizer.store_location import StoreLocation
-from summarizer.store_records import fixed_list_values
-from summarizer.store_schema import KEY, SUMMARIES, check_summary_shape, summary_shape
+from summarizer.store.errors import InvalidUserIdError, NoServingVersionError
+from summarizer.store.location import StoreLocation
+from summarizer.store.records import fixed_list_values
+from summarizer.store.schema import KEY, SUMMARIES, check_summary_shape, summary_shape
 
 SERVING_TAG = "serving"
 Lookup = Literal["take", "index"]

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels import GatheredMemory
-from summarizer.encoder import EventBatch, previous_times_jagged
-from summarizer.model import VistaModel
-from summarizer.ranker import context_features
+from summarizer.model.encoder import EventBatch, previous_times_jagged
+from summarizer.model.ranker import context_features
+from summarizer.model.vista_model import VistaModel
 
 RECON_PAST = 3  # past events rebuilt per request, besides the next one
 
@@ -37,7 +37,7 @@ class TargetBatch:
     # the events from there up to req_pos form its recent window. None: req_pos (real time).
     req_summary_pos: torch.Tensor | None = None
     # GSU over TWIN-V2 clusters (ModelSpec.memory == "clusters"): each event's cluster id
-    # within its user (summarizer.banks.bank_partition). None: the bank is the raw events.
+    # within its user (summarizer.training.banks.bank_partition). None: the bank is the raw events.
     event_cluster: torch.Tensor | None = None
 
 
@@ -276,7 +276,7 @@ def _gsu_cluster_memory(
 ) -> GatheredMemory:
     """:func:`_gsu_memory` over TWIN-V2 cluster tokens: request r's bank is its user's
     clusters as of its first ``upto[r]`` events (mean encodings, bias log(size))."""
-    from summarizer.banks import prefix_cluster_tokens
+    from summarizer.training.banks import prefix_cluster_tokens
 
     if batch.event_cluster is None:
         raise ValueError("a 'clusters' memory needs the batch's event_cluster ids")

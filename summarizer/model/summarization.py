@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from summarizer.encoder import EventBatch, EventEncoder, previous_times
+from summarizer.model.encoder import EventBatch, EventEncoder, previous_times
 
 FEATURE_MAPS = ("silu", "softmax", "seed")
 VALUE_MODES = ("projected", "events")

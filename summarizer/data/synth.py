@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from summarizer.config import SynthConfig
-from summarizer.events import EVENT_SCHEMA, Action, day_bounds, write_partitioned
+from summarizer.data.events import EVENT_SCHEMA, Action, day_bounds, write_partitioned
 
 LIKE_SHARE = 0.3
 

@@ -4,7 +4,7 @@ Serving searches cluster tokens that the nightly job keeps: clustered once,
 then each day's events join the nearest cluster of their level. The harness
 reproduces that per user with a **cut-off time** T:
 
-* events before T are clustered (:func:`summarizer.clustering.cluster_history`,
+* events before T are clustered (:func:`summarizer.memory.clustering.cluster_history`,
   on the model's own event encodings, detached);
 * events from T on join the nearest cluster of their engagement level, as the
   incremental job adds them (a level with no cluster yet gets one cluster per
@@ -27,14 +27,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from summarizer.clustering import (
+from summarizer.data.histories import Histories
+from summarizer.memory.clustering import (
     ClusterParams,
     cluster_history_with_labels,
     engagement_levels,
 )
-from summarizer.encoder import EventBatch
-from summarizer.histories import Histories
-from summarizer.model import VistaModel
+from summarizer.model.encoder import EventBatch
+from summarizer.model.vista_model import VistaModel
 
 ENCODE_CHUNK = 65_536
 
@@ -55,7 +55,7 @@ def encode_events(
         b = min(a + ENCODE_CHUNK, len(item))
         events = EventBatch.from_numpy(item[a:b], ts[a:b], action[a:b], weight[a:b])
         out[a:b] = model.bank_embeddings(events, prev_ts).numpy()
-        # Gaps use the running maximum of earlier times (summarizer.encoder.previous_times).
+        # Gaps use the running maximum of earlier times (summarizer.model.encoder.previous_times).
         top = int(ts[a:b].max())
         prev_ts = top if prev_ts is None else max(prev_ts, top)
     return out

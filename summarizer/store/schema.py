@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from summarizer.store_errors import SchemaMismatchError, ShapeMismatchError
+from summarizer.store.errors import SchemaMismatchError, ShapeMismatchError
 
 SUMMARIES = "summaries"
 STATE = "state"

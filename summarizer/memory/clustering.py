@@ -1,7 +1,7 @@
 """TWIN-V2-style hierarchical clustering of a lifelong history into a memory bank.
 
 A user's history (up to 10^6 events) is compressed into at most C cluster
-tokens for the general search unit (``summarizer.gsu``):
+tokens for the general search unit (``kernels.topk``):
 
 1. Events are grouped by **engagement level** (``engagement_levels``: ignored,
    clicked, liked, and for explicit ratings low / mid / high), so a cluster
@@ -35,8 +35,8 @@ import math
 
 import numpy as np
 
-from summarizer.events import Action
-from summarizer.store_records import MemoryBankRecord
+from summarizer.data.events import Action
+from summarizer.store.records import MemoryBankRecord
 
 # Explicit ratings (weight) fall in three levels after the implicit actions.
 _RATING_LEVELS = (2.5, 4.0)  # < 2.5 low, [2.5, 4) mid, >= 4 high

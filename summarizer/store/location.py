@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import lance
 
-from summarizer.store_errors import StoreUnavailableError, TableNotFoundError, VersionNotFoundError
+from summarizer.store.errors import StoreUnavailableError, TableNotFoundError, VersionNotFoundError
 
 # Schemes LanceDB/lance read through object_store; anything else is a local path.
 _REMOTE_SCHEMES = {"s3", "s3+ddb", "gs", "az", "abfs", "abfss", "memory", "file+uring", "oss", "hf"}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from summarizer.histories import Histories, load_histories, temporal_split
-from summarizer.model import ModelSpec, VistaModel
-from summarizer.train import TrainConfig, Window, evaluate, train
+from summarizer.data.histories import Histories, load_histories, temporal_split
+from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.training.train import TrainConfig, Window, evaluate, train
 
 REFERENCE_CANDIDATES = 512  # m used to amortize per-request work in the cost column
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from summarizer.config import VistaConfig
 from summarizer.store import SummaryStatus, SummaryStore
-from summarizer.store_errors import StoreError
-from summarizer.store_read import validate_user_ids
+from summarizer.store.errors import StoreError
+from summarizer.store.read import validate_user_ids
 
 Handler = Callable[[VistaConfig, argparse.Namespace], int]
 

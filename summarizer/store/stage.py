@@ -3,7 +3,7 @@
 A worker (a Spark task, or this process) turns record batches or record
 objects into lance data files under the table's folder and returns a
 :class:`StagedFragments`: the fragments' metadata as JSON and the user ids it
-holds. Until the driver commits them (:mod:`summarizer.store_write`) the files
+holds. Until the driver commits them (:mod:`summarizer.store.write`) the files
 are invisible to every reader; if the run dies, version cleanup removes them.
 """
 
@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
-from summarizer.store_errors import SchemaMismatchError, StoreError
-from summarizer.store_location import StoreLocation
-from summarizer.store_records import (
+from summarizer.store.errors import SchemaMismatchError, StoreError
+from summarizer.store.location import StoreLocation
+from summarizer.store.records import (
     MemoryBankRecord,
     StateRecord,
     SummaryRecord,
@@ -30,7 +30,7 @@ from summarizer.store_records import (
     states_to_batch,
     summaries_to_batch,
 )
-from summarizer.store_schema import (
+from summarizer.store.schema import (
     FILE_VERSIONS,
     KEY,
     META_MODEL,

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from summarizer.events import EVENT_SCHEMA, Action, dataset, sort_events
+from summarizer.data.events import EVENT_SCHEMA, Action, dataset, sort_events
 
 RATING_POSITIVE = 4.0  # MovieLens: label = rating >= 4
 

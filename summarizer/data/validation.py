@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from summarizer.events import (
+from summarizer.data.events import (
     EVENT_SCHEMA,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,

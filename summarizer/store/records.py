@@ -1,7 +1,7 @@
 """Row types of the store's tables and their conversion to and from Arrow.
 
 Batch jobs that already hold Arrow data can skip these dataclasses and write
-record batches with the schemas of :mod:`summarizer.store_schema`; these
+record batches with the schemas of :mod:`summarizer.store.schema`; these
 helpers are the reference for what such a batch looks like.
 """
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from summarizer.store_errors import SchemaMismatchError
-from summarizer.store_schema import (
+from summarizer.store.errors import SchemaMismatchError
+from summarizer.store.schema import (
     UTC_US,
     kv_shape_of,
     memory_bank_schema,
@@ -27,7 +27,7 @@ from summarizer.store_schema import (
 )
 
 if TYPE_CHECKING:
-    from summarizer.vista import SummaryState
+    from summarizer.model.summarization import SummaryState
 
 
 def utc_now() -> dt.datetime:
@@ -85,7 +85,7 @@ class StateRecord:
         """The summarizer's state object (imports torch, so only the batch side pays for it)."""
         import torch
 
-        from summarizer.vista import SummaryState
+        from summarizer.model.summarization import SummaryState
 
         kv = torch.from_numpy(np.array(self.kv, dtype=np.float64, copy=True))
         return SummaryState(kv, int(self.n_events), self.first_ts, self.last_ts)

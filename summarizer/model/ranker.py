@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kernels import GatheredMemory, attention
-from summarizer.encoder import ItemEmbedding
+from summarizer.model.encoder import ItemEmbedding
 
 N_CONTEXT = 2  # log history length, log hours since the last event
 

@@ -12,7 +12,7 @@
   concatenated with the candidate, a transformer layer mixes them, pooled;
 * ``full``    target attention over the entire history (the expensive upper bound);
 * ``sim``     SIM soft search: each candidate attends to its own top-``gsu_k`` events of the
-  whole history, chosen by the general search unit (``summarizer.gsu``).
+  whole history, chosen by the general search unit (``kernels.topk``).
 
 ``gsu_k > 0`` on a ``vista`` model adds the general search unit to VISTA: each
 candidate also attends to its top-``gsu_k`` tokens of the user's memory bank --
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from kernels import GatheredMemory
-from summarizer.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
-from summarizer.ranker import CandidateRanker, context_features
-from summarizer.vista import VistaSummarizer
+from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
+from summarizer.model.ranker import CandidateRanker, context_features
+from summarizer.model.summarization import VistaSummarizer
 
 Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
 KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full", "sim")
@@ -258,7 +258,7 @@ class VistaModel(nn.Module):
     @torch.no_grad()
     def bank_embeddings(self, events: EventBatch, prev_ts: int | None = None) -> torch.Tensor:
         """Memory-bank tokens of raw events (n, d): their encodings, as the ranker sees them.
-        TWIN-V2 cluster tokens are means of these (``summarizer.clustering``)."""
+        TWIN-V2 cluster tokens are means of these (``summarizer.memory.clustering``)."""
         return self.encoder(events, previous_times(events.ts, prev_ts))
 
     @torch.no_grad()
@@ -279,7 +279,7 @@ class VistaModel(nn.Module):
         present = [b for b in banks if b is not None and b[0].shape[0]]
         if not self.spec.uses_memory_bank or not present:
             return None
-        from summarizer import gsu
+        from kernels import topk
 
         G = self.spec.gsu_k
         tokens = torch.cat([b[0].float() for b in present])
@@ -300,7 +300,7 @@ class VistaModel(nn.Module):
             a, b = int(q_offsets[r]), int(q_offsets[r + 1])
             if c and b > a:
                 flat_q = q[a:b].reshape(b - a, -1).float().numpy()
-                _, top = gsu.topk(flat_q, flat_k[start : start + c], G, backend=gsu_backend)  # type: ignore[arg-type]
+                _, top = topk.topk(flat_q, flat_k[start : start + c], G, backend=gsu_backend)  # type: ignore[arg-type]
                 idx[a:b, : top.shape[1]] = torch.from_numpy(top)
             start += c
             offsets.append(start)
