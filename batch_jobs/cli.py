@@ -38,26 +38,30 @@ def _session(cfg: VistaConfig, args: argparse.Namespace) -> Any:
 
 
 def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from batch_jobs import jobs
+    from batch_jobs.cluster import run_cluster
+    from batch_jobs.publish import run_publish
+    from batch_jobs.runs import JobError, default_run_dir, latest_run_dir
+    from batch_jobs.summarize import run_summarize
+    from batch_jobs.validate import run_validate
 
     try:
         if args.job == "validate":
             spark = _session(cfg, args)
-            report = jobs.run_validate(spark, cfg, None if args.all else args.day)
+            report = run_validate(spark, cfg, None if args.all else args.day)
             name = "all" if args.all else max(args.day)
             report_path = args.report or str(
-                jobs.default_run_dir(cfg, "validate", name) / "validate.json"
+                default_run_dir(cfg, "validate", name) / "validate.json"
             )
         elif args.job == "summarize":
             mode = "full" if args.full else "incremental"
             spark = _session(cfg, args)
-            report = jobs.run_summarize(
+            report = run_summarize(
                 spark, cfg, mode=mode, day=args.date, model_dir=args.model, run_dir=args.run_dir
             )
             report_path = args.report
         elif args.job == "cluster":
             spark = _session(cfg, args)
-            report = jobs.run_cluster(
+            report = run_cluster(
                 spark,
                 cfg,
                 mode="full" if args.full else "incremental",
@@ -69,12 +73,12 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
             if args.run_dir:
                 run_dir = args.run_dir
             elif args.date:
-                run_dir = str(jobs.default_run_dir(cfg, args.mode, args.date))
+                run_dir = str(default_run_dir(cfg, args.mode, args.date))
             else:
-                run_dir = str(jobs.latest_run_dir(cfg))
-            report = jobs.run_publish(cfg, run_dir, promote=args.promote)
+                run_dir = str(latest_run_dir(cfg))
+            report = run_publish(cfg, run_dir, promote=args.promote)
             report_path = args.report
-    except (jobs.JobError, StoreError) as exc:
+    except (JobError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _emit(report, report_path)
@@ -127,3 +131,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     for p in (val, sm, pub, cl):
         p.set_defaults(func=_run)
+
+
+def submit_main(argv: list[str]) -> int:
+    """``spark-submit batch_jobs/submit.py [--config FILE] JOB ARGS``: the `vista job`
+    commands alone, keeping the submitter's master and conf."""
+    from summarizer.cli import run
+
+    parser = argparse.ArgumentParser(prog="submit.py", description="vista-memory batch jobs")
+    parser.add_argument(
+        "--config", help="TOML config file (default: $VISTA_CONFIG or ./vista.toml)"
+    )
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    config: list[str] = []
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        config, argv = argv[:2], argv[2:]
+    return run(parser, [*config, "job", "--submitted", *argv])

@@ -1,217 +1,137 @@
-"""The worker side of the cluster job: TWIN-V2 memory banks, whole histories or one more day.
-
-A partition arrives like summarize's (:mod:`batch_jobs.fold`): Arrow batches
-ordered by user, then fold order. Each user's events are encoded by the
-model's event encoder (the tokens the ranker attends to; a bank belongs to one
-model version) and:
-
-* **full**: the user's whole history is clustered (:func:`cluster_history`:
-  engagement levels, recursive k-means, at most C clusters of at most γ
-  events). k-means needs every event of the user at once, so unlike the
-  summarize fold a task holds one user's events and embeddings in memory
-  (10^6 events x d=64: about 260 MB of float32 embeddings);
-* **incremental** (day D): the day's events join the nearest cluster of their
-  level in the user's stored bank (:func:`assign_new`, exact running sums).
-  A user whose bank would break the bounds (a cluster above γ, or a level
-  with no cluster), who has no bank yet, or whose bank was made by another
-  model version (after a retrain) is sent back to the driver, which
-  re-clusters just those users from their whole history. A bank already
-  through D is left alone, so a rerun of D is a no-op.
-
-Banks are staged as invisible lance fragments every ``users_per_flush`` users;
-the driver commits them once (:func:`batch_jobs.jobs.run_cluster`).
-Plain Python (no Spark import), so it is tested directly.
+"""``vista job cluster``: TWIN-V2 memory banks for the GSU -- whole histories (full) or day
+D added to each stored bank (incremental); the workers (:mod:`batch_jobs.clusterer`)
+stage banks, the driver makes one commit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+import functools
 import json
-from collections.abc import Iterable, Iterator
+import time
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
+from batch_jobs.clusterer import ClusterStats, cluster_partition
+from batch_jobs.runs import JobError, default_run_dir, job_days, worker_params, write_json
+from batch_jobs.spark_io import ddl, fold_ordered, read_valid
+from batch_jobs.worker import OUTPUT_SCHEMA, WorkerParams
+from summarizer.config import VistaConfig
+from summarizer.store import MEMORY_BANK, StagedFragments, SummaryStore
 
-from batch_jobs.fold import OUTPUT_SCHEMA, worker_model
-from summarizer.memory.clustering import (
-    ClusterParams,
-    MemoryBank,
-    assign_new,
-    cluster_history,
-    engagement_levels,
-)
-from summarizer.store import MEMORY_BANK, MemoryBankRecord, SummaryStore, memory_bank_schema
-from summarizer.training.banks import encode_events
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 
-@dataclasses.dataclass(frozen=True)
-class ClusterJobParams:
-    """What every worker needs; pickled into the Spark closure (small)."""
-
-    model_dir: str
-    model_version: str
-    store_uri: str
-    storage_options: dict[str, str]
-    updated_at: dt.datetime  # the run's logical time: reruns write identical rows
-    through_day: dt.date
-    base_version: int | None  # incremental: the memory-bank version every worker reads
-    incremental: bool
-    cluster: ClusterParams
-    users_per_flush: int = 256
-    torch_threads: int = 1
-    fail_after_users: int | None = None  # tests: die once this many users are staged
-
-
-@dataclasses.dataclass
-class ClusterStats:
-    events: int = 0
-    users: int = 0
-    clustered: int = 0  # whole history clustered
-    appended: int = 0  # a day added to the stored bank
-    skipped: int = 0  # bank already through this day (rerun)
-    recluster: int = 0  # sent back to the driver for a whole-history clustering
-    clusters: int = 0
-    max_events_held: int = 0
-    fragments: int = 0
-
-    def add(self, other: ClusterStats) -> None:
-        for f in dataclasses.fields(self):
-            if f.name == "max_events_held":
-                self.max_events_held = max(self.max_events_held, other.max_events_held)
-            else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+def _cluster_pass(
+    spark: SparkSession, events: DataFrame, params: WorkerParams, parts: int
+) -> tuple[list[StagedFragments], list[int], Any]:
+    """One mapInArrow pass of the cluster worker: staged banks, users to re-cluster, stats."""
+    rows = (
+        fold_ordered(events, parts)
+        .mapInArrow(functools.partial(cluster_partition, params=params), ddl(OUTPUT_SCHEMA))
+        .collect()  # small: fragment metadata, counters and user ids, never banks
+    )
+    stats, staged, recluster = ClusterStats(), [], []
+    for r in rows:
+        if r["kind"] == "stats":
+            stats.add(ClusterStats(**json.loads(r["payload"])))
+        elif r["kind"] == "recluster":
+            recluster.extend(json.loads(r["payload"]))
+        else:
+            staged.append(StagedFragments.from_json(r["payload"]))
+    return staged, sorted(recluster), stats
 
 
-class PartitionClusterer:
-    """Clusters one partition's users; :meth:`run` yields OUTPUT_SCHEMA batches."""
+def run_cluster(
+    spark: SparkSession,
+    cfg: VistaConfig,
+    *,
+    mode: str,
+    day: str | None = None,
+    model_dir: str | None = None,
+    fail_after_users: int | None = None,
+) -> dict[str, Any]:
+    """Build (full) or extend (incremental, one day) every user's memory bank; one commit.
 
-    def __init__(self, params: ClusterJobParams) -> None:
-        import torch
+    Incremental: users whose bank would break its bounds, or who have none, are
+    re-clustered from all their valid days up to ``day`` in a second pass. Nothing is
+    visible until the single commit at the end, so a failed run leaves the table as it
+    was; a bank already through ``day`` is skipped, so a rerun commits nothing.
+    """
+    from pyspark.sql import functions as F
 
-        torch.set_num_threads(params.torch_threads)
-        self.p = params
-        self.model = worker_model(params.model_dir, params.model_version)
-        self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
-        self.schema = memory_bank_schema(
-            params.cluster.max_clusters, self.model.spec.d_model, params.model_version
+    from summarizer.model import artifacts
+
+    t0 = time.perf_counter()
+    if mode not in ("full", "incremental"):
+        raise JobError(f"mode must be 'full' or 'incremental', got {mode!r}")
+    model_dir = model_dir or cfg.model.model_dir
+    spec, model_version = artifacts.describe(model_dir)  # the workers load the weights
+    spec.require_summarizer()
+    if not spec.uses_memory_bank:
+        raise JobError(
+            f"model {model_version[:12]} has no GSU (model.gsu_k = 0): its scorer reads no "
+            "memory banks; train one with model.gsu_k > 0 first"
         )
-        self.stats = ClusterStats()
-        self.done: list[MemoryBankRecord] = []
-        self.recluster: list[int] = []
-        self._staged_users = 0
-        self._user: int | None = None
-        self._parts: list[tuple[np.ndarray, ...]] = []
-        self.base: dict[int, MemoryBankRecord | None] = {}
-
-    def _load_banks(self, users: np.ndarray) -> None:
-        """Stored banks of a batch's users, in one read of the version the run started from
-        (so every worker reads the same banks)."""
-        if not self.p.incremental or self.p.base_version is None:
-            return
-        want = [int(u) for u in np.unique(users) if int(u) not in self.base]
-        if want:
-            got = self.store.get_memory_banks(want, version=self.p.base_version)
-            self.base.update({u: got.get(u) for u in want})
-
-    def _finish_user(self) -> None:
-        if self._user is None:
-            return
-        uid, parts, self._user, self._parts = self._user, self._parts, None, []
-        item, ts, action, weight = (np.concatenate(c) for c in zip(*parts, strict=True))
-        n = len(item)
-        self.stats.users += 1
-        self.stats.events += n
-        self.stats.max_events_held = max(self.stats.max_events_held, n)
-        level = engagement_levels(action, weight)
-        if not self.p.incremental:
-            emb = encode_events(self.model, item, ts, action, weight, None)
-            bank = cluster_history(emb, item, action, level, self.p.cluster)
-            self.stats.clustered += 1
-            self._add(uid, bank, int(ts.max()))
-            return
-        base = self.base.pop(uid, None)
-        # No bank yet, or one made by another model (after a retrain): its tokens are in
-        # the wrong embedding space, so the whole history is clustered again.
-        if base is None or not base.has_batch_state or base.model_version != self.p.model_version:
-            self.recluster.append(uid)
-            self.stats.recluster += 1
-            return
-        if base.through_day is not None and base.through_day >= self.p.through_day:
-            self.stats.skipped += 1
-            return
-        emb = encode_events(self.model, item, ts, action, weight, base.last_ts)
-        bank, needs = assign_new(MemoryBank.from_record(base), emb, level, self.p.cluster)
-        if needs:
-            self.recluster.append(uid)
-            self.stats.recluster += 1
-            return
-        self.stats.appended += 1
-        last = int(ts.max()) if base.last_ts is None else max(int(ts.max()), base.last_ts)
-        self._add(uid, bank, last)
-
-    def _add(self, user_id: int, bank: MemoryBank, last_ts: int) -> None:
-        self.stats.clusters += len(bank)
-        self.done.append(
-            bank.to_record(
-                user_id,
-                self.p.model_version,
-                self.p.updated_at,
-                last_ts=last_ts,
-                through_day=self.p.through_day,
-            )
+    store = SummaryStore.from_config(cfg.store)
+    day, days, valid_days = job_days(cfg, "cluster", mode, day)
+    base = None
+    if mode == "incremental":
+        base = store.latest_version(MEMORY_BANK)
+        if base is None:
+            raise JobError("no memory banks yet: run `vista job cluster --full` first")
+    params = worker_params(
+        cfg,
+        store,
+        model_dir=model_dir,
+        model_version=model_version,
+        day=day,
+        mode=mode,
+        base_version=base,
+        users_per_flush=cfg.memory.users_per_flush,
+        cluster=cfg.memory,
+        fail_after_users=fail_after_users,
+    )
+    parts = cfg.spark.partitions or 2 * spark.sparkContext.defaultParallelism
+    staged, recluster, stats = _cluster_pass(
+        spark, read_valid(spark, cfg.data.valid_dir, days), params, parts
+    )
+    if recluster:  # their whole history, from every valid day up to this one
+        ids = spark.createDataFrame([(u,) for u in recluster], "user_id long")
+        history = read_valid(spark, cfg.data.valid_dir, [d for d in valid_days if d <= day])
+        more, _, again = _cluster_pass(
+            spark,
+            history.join(F.broadcast(ids), "user_id"),
+            dataclasses.replace(params, incremental=False, base_version=None),
+            parts,
         )
-
-    def _flush(self) -> Iterator[pa.RecordBatch]:
-        if self.done:
-            records, self.done = self.done, []
-            staged = self.store.stage_fragments(MEMORY_BANK, records, schema=self.schema)
-            self.stats.fragments += len(staged.fragments)
-            self._staged_users += len(records)
-            if (
-                self.p.fail_after_users is not None
-                and self._staged_users >= self.p.fail_after_users
-            ):
-                raise RuntimeError(f"injected failure after staging {self._staged_users} users")
-            yield pa.RecordBatch.from_pylist(
-                [{"kind": MEMORY_BANK, "payload": staged.to_json()}], schema=OUTPUT_SCHEMA
-            )
-
-    def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if not batch.num_rows:
-                continue
-            users = batch.column("user_id").to_numpy()
-            self._load_banks(users)
-            cols = (
-                np.array(batch.column("item_id").to_numpy(), dtype=np.int64),
-                np.array(batch.column("ts").to_numpy(), dtype=np.int64),
-                np.array(batch.column("action").to_numpy(), dtype=np.int64),
-                np.array(
-                    batch.column("weight").cast(pa.float32()).fill_null(float("nan")).to_numpy(),
-                    dtype=np.float32,
-                ),
-            )
-            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-            ends = np.r_[starts[1:], len(users)]
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                uid = int(users[a])
-                if uid != self._user:
-                    self._finish_user()
-                    self._user = uid
-                self._parts.append(tuple(c[a:b] for c in cols))
-            if len(self.done) >= self.p.users_per_flush:
-                yield from self._flush()
-        self._finish_user()
-        yield from self._flush()
-        rows = [{"kind": "stats", "payload": json.dumps(dataclasses.asdict(self.stats))}]
-        if self.recluster:
-            rows.append({"kind": "recluster", "payload": json.dumps(self.recluster)})
-        yield pa.RecordBatch.from_pylist(rows, schema=OUTPUT_SCHEMA)
-
-
-def cluster_partition(
-    batches: Iterable[pa.RecordBatch], params: ClusterJobParams
-) -> Iterator[pa.RecordBatch]:
-    """mapInArrow entry point: one partition's sorted events -> staged banks + stats."""
-    yield from PartitionClusterer(params).run(batches)
+        staged += more
+        stats.clustered += again.clustered
+        stats.clusters += again.clusters
+        stats.max_events_held = max(stats.max_events_held, again.max_events_held)
+    report: dict[str, Any] = {
+        "job": "cluster",
+        "mode": mode,
+        "day": day,
+        "days": len(days),
+        "model_version": model_version,
+        "base_version": base,
+        "rows_read": stats.events,
+        "users": stats.users,
+        "users_clustered": stats.clustered,
+        "users_appended": stats.appended,
+        "users_reclustered": len(recluster),
+        "users_already_through_day": stats.skipped,
+        "clusters_written": stats.clusters,
+        "max_events_held": stats.max_events_held,
+    }
+    if staged:
+        result = store.commit_upsert(MEMORY_BANK, staged)
+        report.update(status="published", version=result.version, rows=result.rows)
+    else:
+        report.update(status="unchanged", version=store.latest_version(MEMORY_BANK))
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["events_per_s"] = round(stats.events / report["seconds"]) if report["seconds"] else None
+    out = default_run_dir(cfg, f"cluster-{mode}", day)
+    write_json(out / "cluster.json", report)
+    return report

@@ -20,15 +20,14 @@ runs under any engine that can hand it sorted Arrow batches.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from batch_jobs.worker import OUTPUT_SCHEMA, WorkerParams, worker_model
 from summarizer.store import (
     STATE,
     SUMMARIES,
@@ -37,49 +36,6 @@ from summarizer.store import (
     state_batch,
     summary_batch,
 )
-
-FOLD_ORDER = ("user_id", "dt", "ts", "item_id", "action")
-OUTPUT_SCHEMA = pa.schema([pa.field("kind", pa.string()), pa.field("payload", pa.string())])
-
-_models: dict[tuple[str, str], Any] = {}
-_models_lock = threading.Lock()
-
-
-@dataclasses.dataclass(frozen=True)
-class FoldParams:
-    """What every worker needs; pickled into the Spark closure (small)."""
-
-    model_dir: str
-    model_version: str
-    store_uri: str
-    storage_options: dict[str, str]
-    computed_at: dt.datetime  # the run's logical time: reruns write identical rows
-    through_day: dt.date  # the last event day this run folds in
-    base_state_version: int | None  # incremental: the state version every worker reads
-    incremental: bool
-    users_per_flush: int = 2048
-    torch_threads: int = 1
-    # Failpoint for tests: raise once this many users are staged (a run dying half way).
-    fail_after_users: int | None = None
-
-
-def worker_model(model_dir: str, expected_version: str) -> Any:
-    """The model, loaded once per worker process (Spark reuses Python workers)."""
-    key = (model_dir, expected_version)
-    with _models_lock:
-        if key not in _models:
-            from summarizer.model import artifacts
-
-            model, version = artifacts.load(model_dir)
-            if version != expected_version:
-                raise RuntimeError(
-                    f"model folder {model_dir} holds version {version[:12]} on this worker, "
-                    f"but the job started with {expected_version[:12]}: the folder changed "
-                    "during the run (or workers see another copy)"
-                )
-            model.require_summarizer()
-            _models[key] = model
-        return _models[key]
 
 
 @dataclasses.dataclass
@@ -119,7 +75,7 @@ class PartitionFolder:
     touched user, so per-user overhead is most of it.
     """
 
-    def __init__(self, params: FoldParams) -> None:
+    def __init__(self, params: WorkerParams) -> None:
         import torch
 
         from summarizer.store.schema import kv_dtype_of
@@ -141,11 +97,11 @@ class PartitionFolder:
 
     # -- base states (incremental) ----------------------------------------------------------
     def _load_base(self, user_ids: list[int]) -> None:
-        if not self.p.incremental or self.p.base_state_version is None:
+        if not self.p.incremental or self.p.base_version is None:
             return
         want = [u for u in user_ids if u not in self.base]
         if want:
-            cols = self.store.get_state_columns(want, version=self.p.base_state_version)
+            cols = self.store.get_state_columns(want, version=self.p.base_version)
             if cols is not None:
                 self.base.update((u, (cols, i)) for i, u in enumerate(cols.user_id.tolist()))
 
@@ -290,7 +246,7 @@ class PartitionFolder:
         ids = [u.user_id for u in users]
         first = [u.state.first_ts for u in users]
         last = [u.state.last_ts for u in users]
-        mv, at = self.p.model_version, [self.p.computed_at] * n
+        mv, at = self.p.model_version, [self.p.run_time] * n
         states = state_batch(
             ids,
             mv,
@@ -329,7 +285,7 @@ class PartitionFolder:
 
 
 def fold_partition(
-    batches: Iterable[pa.RecordBatch], params: FoldParams
+    batches: Iterable[pa.RecordBatch], params: WorkerParams
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow entry point: one partition's sorted events -> staged fragments + stats."""
     yield from PartitionFolder(params).run(batches)

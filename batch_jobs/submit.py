@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    from summarizer.cli import main as vista_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    config: list[str] = []
-    if args[:1] == ["--config"] and len(args) > 1:
-        config, args = args[:2], args[2:]
-    return vista_main([*config, "job", "--submitted", *args])
-
+from batch_jobs.cli import submit_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(submit_main(sys.argv[1:]))

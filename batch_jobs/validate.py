@@ -1,4 +1,6 @@
-"""Distributed validation of one day partition: the data layer's rules, run by Spark.
+"""``vista job validate``: day partitions validated by Spark with the data layer's rules.
+
+    validate --day D | --all   events/dt=D -> valid/dt=D + quarantine/dt=D (reasons, counts)
 
 Rows are hash-partitioned by user and sorted by day, then the whole event key, then
 each Arrow batch goes through :func:`summarizer.data.validation.validate_table`
@@ -10,11 +12,28 @@ batches. The result equals the in-process ``vista data validate`` (tested).
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from summarizer.data.validation import QUARANTINE_SCHEMA, validate_table
+from batch_jobs.runs import JobError, check_day
+from batch_jobs.spark_io import ddl, spark_type, write_days
+from summarizer.config import VistaConfig
+from summarizer.data.events import EVENT_SCHEMA, PARTITION_KEY, day_path, list_days, write_day
+from summarizer.data.validation import (
+    QUARANTINE_SCHEMA,
+    REASONS,
+    check_schema,
+    reference_time,
+    validate_table,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 SORT_KEY = ("user_id", "ts", "item_id", "action", "weight")
 DAY = "dt"
@@ -64,3 +83,101 @@ def validate_partition(
             if valid.num_rows:
                 last_valid = (day, *_key(valid, valid.num_rows - 1))
             yield from pa.concat_tables([_rows(valid, day, None), *outs]).to_batches()
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def run_validate(
+    spark: SparkSession, cfg: VistaConfig, days: list[str] | None = None
+) -> dict[str, Any]:
+    """Validate day partitions (default: all) in one Spark job; valid + quarantined == read.
+
+    Each day is validated against its own reference time, exactly as
+    ``vista data validate`` does in-process.
+    """
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    days = sorted(check_day(d) for d in days) if days else list_days(cfg.data.events_dir)
+    if not days:
+        raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {cfg.data.events_dir}")
+    for day in days:
+        src = day_path(cfg.data.events_dir, day)
+        if not src.exists():
+            raise FileNotFoundError(f"no events partition {src}")
+        for file in sorted(src.glob("*.parquet")):
+            try:
+                check_schema(pq.read_schema(file))
+            except ValueError as exc:
+                raise JobError(f"{file}: {exc}") from exc
+    paths = [str(day_path(cfg.data.events_dir, d)) for d in days]
+    df = (
+        spark.read.option("basePath", cfg.data.events_dir)
+        .option("mergeSchema", "true")
+        .parquet(*paths)
+    )
+    if "weight" not in df.columns:
+        df = df.withColumn("weight", F.lit(None).cast("float"))
+    df = df.select(
+        *[F.col(c).cast("long") for c in ("user_id", "ts", "item_id", "action")],
+        F.col("weight").cast("float"),
+        F.col(PARTITION_KEY).cast("string"),
+    )
+    parts = max(1, spark.sparkContext.defaultParallelism)
+    checked = (
+        df.repartition(parts, "user_id")
+        .sortWithinPartitions(PARTITION_KEY, *SORT_KEY)
+        .mapInArrow(
+            functools.partial(
+                validate_partition,
+                references={d: reference_time(d) for d in days},
+                num_actions=cfg.data.num_actions,
+                max_clock_skew_s=cfg.data.max_clock_skew_s,
+            ),
+            ddl(OUTPUT_SCHEMA),
+        )
+        .persist()
+    )
+    try:
+        per_day: dict[str, dict[str, int]] = {d: {} for d in days}
+        for r in checked.groupBy(PARTITION_KEY, "reason").count().collect():
+            per_day[r[PARTITION_KEY]][r["reason"] or ""] = int(r["count"])
+        valid = checked.where(F.col("reason").isNull()).select(
+            *[F.col(f.name).cast(spark_type(f.type)) for f in EVENT_SCHEMA], PARTITION_KEY
+        )
+        quarantine = checked.where(F.col("reason").isNotNull())
+        with_rows = {d for d, c in per_day.items() if c.get("", 0)}
+        with_bad = {d for d, c in per_day.items() if set(c) - {""}}
+        write_days(valid, cfg.data.valid_dir, days, with_rows)
+        for d in set(days) - with_rows:  # validated, nothing valid: an empty partition
+            write_day(EVENT_SCHEMA.empty_table(), cfg.data.valid_dir, d)
+        write_days(quarantine, cfg.data.quarantine_dir, days, with_bad)
+    finally:
+        checked.unpersist()
+    day_reports = []
+    for d in days:
+        counts = {r: n for r, n in per_day[d].items() if r}
+        read = sum(per_day[d].values())
+        day_reports.append(
+            {
+                "day": d,
+                "rows_read": read,
+                "rows_valid": per_day[d].get("", 0),
+                "quarantined_by_reason": {r: counts[r] for r in REASONS if r in counts},
+            }
+        )
+    total = sum(r["rows_read"] for r in day_reports)
+    totals: dict[str, int] = {}
+    for r in day_reports:
+        for reason, n in r["quarantined_by_reason"].items():
+            totals[reason] = totals.get(reason, 0) + n
+    n_bad = sum(totals.values())
+    return {
+        "job": "validate",
+        "days": day_reports,
+        "rows_read": total,
+        "rows_valid": total - n_bad,
+        "rows_quarantined": n_bad,
+        "quarantined_share": n_bad / total if total else 0.0,
+        "quarantined_by_reason": {r: totals[r] for r in REASONS if r in totals},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -78,8 +78,9 @@ def make_data(
 def make_model(work: Path, readout: str) -> str:
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     spec = ModelSpec()
     if readout == "state":  # the state read-out as the demo runs it (K = 2 x 32 = 64 tokens)
@@ -110,7 +111,7 @@ def in_process_rate(work: Path, model_dir: str, threads: int) -> dict[str, float
     import pyarrow as pa
     import torch
 
-    from batch_jobs.fold import FOLD_ORDER
+    from batch_jobs.worker import FOLD_ORDER
     from summarizer.data.events import dataset
     from summarizer.model import artifacts
     from summarizer.model.encoder import EventBatch
@@ -205,8 +206,9 @@ def main() -> None:
         f"{both['events_per_s']:,.0f} (2 threads) over {single['events']:,} events"
     )
 
-    from batch_jobs import jobs
+    from batch_jobs.publish import run_publish
     from batch_jobs.spark import build_session
+    from batch_jobs.summarize import run_summarize
     from summarizer.config import VistaConfig
     from summarizer.data.events import dataset, day_path, list_days
 
@@ -253,10 +255,10 @@ def main() -> None:
                 break
         following = days[days.index(last) + 1]
         t0 = time.perf_counter()
-        first = jobs.run_summarize(spark, warm, mode="full", day=last)
-        jobs.run_publish(warm, first["run_dir"])
-        nxt = jobs.run_summarize(spark, warm, mode="incremental", day=following)
-        jobs.run_publish(warm, nxt["run_dir"])
+        first = run_summarize(spark, warm, mode="full", day=last)
+        run_publish(warm, first["run_dir"])
+        nxt = run_summarize(spark, warm, mode="incremental", day=following)
+        run_publish(warm, nxt["run_dir"])
         warmup_s = time.perf_counter() - t0
         shutil.rmtree(warm.store.uri)
         print(
@@ -268,8 +270,8 @@ def main() -> None:
     # step's hundreds of MB of fragments would otherwise be flushed during the next run.
     os.sync()
     t0 = time.perf_counter()
-    full = jobs.run_summarize(spark, cfg, mode="full")
-    full_pub = jobs.run_publish(cfg, full["run_dir"])
+    full = run_summarize(spark, cfg, mode="full")
+    full_pub = run_publish(cfg, full["run_dir"])
     full_s = time.perf_counter() - t0
 
     shutil.copytree(
@@ -277,8 +279,8 @@ def main() -> None:
     )
     os.sync()
     t0 = time.perf_counter()
-    inc = jobs.run_summarize(spark, cfg, mode="incremental", day=new_day)
-    inc_pub = jobs.run_publish(cfg, inc["run_dir"])
+    inc = run_summarize(spark, cfg, mode="incremental", day=new_day)
+    inc_pub = run_publish(cfg, inc["run_dir"])
     inc_s = time.perf_counter() - t0
     spark.stop()
 

@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kernels.topk import topk  # noqa: E402
-from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels  # noqa: E402
+from summarizer.config import ClusterParams  # noqa: E402
+from summarizer.memory.clustering import cluster_history, engagement_levels  # noqa: E402
 
 
 def events(n: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -40,8 +40,9 @@ def build(work: Path, users: int) -> tuple[str, str]:
     import numpy as np
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
     from summarizer.store import SummaryStore, summaries_schema
 
     model_dir, store_uri = work / "model", work / "store"

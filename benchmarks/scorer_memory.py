@@ -38,8 +38,9 @@ def build(work: Path, users: int, C: int, gsu_k: int) -> tuple[str, str]:
     import numpy as np
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
     from summarizer.store import MemoryBankRecord, SummaryRecord, SummaryStore, memory_bank_schema
 
     shutil.rmtree(work, ignore_errors=True)

@@ -39,8 +39,9 @@ def child(n: int, repeats: int, threads: int, feature_map: str = "silu") -> dict
     import numpy as np
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.model.encoder import EventBatch
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

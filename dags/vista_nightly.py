@@ -12,7 +12,7 @@ Every task is idempotent for its day: a second run of D finds D in the run
 ledger and changes nothing. Runs go strictly in date order
 (``max_active_runs=1``, ``depends_on_past``), so a backfill folds the days in
 order and ends with the same store as one full run. The work itself is in
-:mod:`batch_jobs.pipeline`; configuration comes from ``$VISTA_CONFIG`` (a TOML
+:mod:`batch_jobs.dag_tasks`; configuration comes from ``$VISTA_CONFIG`` (a TOML
 file) and ``VISTA_*`` variables on the workers.
 """
 
@@ -49,7 +49,7 @@ def _no_retry_on_check() -> Iterator[None]:
     """A failed data check fails the task at once: retrying cannot fix the data."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from batch_jobs.pipeline import CheckFailed
+    from batch_jobs.dag_tasks import CheckFailed
 
     try:
         yield
@@ -87,59 +87,59 @@ DEFAULT_ARGS = {
 def vista_nightly() -> None:
     @task.sensor(poke_interval=300, timeout=12 * 3600, mode="reschedule", retries=0)
     def wait_for_events(**context: Any) -> PokeReturnValue:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         day = _day(context)
-        ready = pipeline.partition_ready(pipeline.config(), day)
+        ready = dag_tasks.partition_ready(dag_tasks.config(), day)
         return PokeReturnValue(is_done=ready, xcom_value=day)
 
     @task(inlets=[EVENTS])
     def validate(day: str) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         with _no_retry_on_check():
-            return pipeline.validate(pipeline.config(), day)
+            return dag_tasks.validate(dag_tasks.config(), day)
 
     @task
     def summarize(day: str, validated: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         log.info("validated %s: %s", day, validated.get("quarantined_by_reason"))
-        return pipeline.summarize(pipeline.config(), day)
+        return dag_tasks.summarize(dag_tasks.config(), day)
 
     @task(outlets=[SUMMARIES])
     def publish(staged: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
-        return pipeline.publish(pipeline.config(), staged["run_dir"])
+        return dag_tasks.publish(dag_tasks.config(), staged["run_dir"])
 
     @task
     def check(day: str, published: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         log.info("publish: %s", published.get("status"))
         with _no_retry_on_check():
-            return pipeline.check_summaries(pipeline.config(), day)
+            return dag_tasks.check_summaries(dag_tasks.config(), day)
 
     @task
     def promote(day: str, checked: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
-        return pipeline.promote_day(pipeline.config(), day, checked["version"])
+        return dag_tasks.promote_day(dag_tasks.config(), day, checked["version"])
 
     @task
     def cluster(day: str, served: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         log.info("serving version %s (moved: %s)", served["serving_version"], served["moved"])
-        return pipeline.cluster(pipeline.config(), day)
+        return dag_tasks.cluster(dag_tasks.config(), day)
 
     @task
     def compact(clustered: dict[str, Any]) -> list[dict[str, Any]]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         log.info("memory banks: %s", clustered.get("status"))
-        return pipeline.compact(pipeline.config())
+        return dag_tasks.compact(dag_tasks.config())
 
     day = wait_for_events()
     validated = validate(day)

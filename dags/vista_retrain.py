@@ -53,16 +53,16 @@ def log_failure(context: dict[str, Any]) -> None:
 def vista_retrain() -> None:
     @task
     def train(**context: Any) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
         name = context["run_id"].replace(":", "_").replace("+", "_")
-        return pipeline.train_candidate(pipeline.config(), name)
+        return dag_tasks.train_candidate(dag_tasks.config(), name)
 
     @task
     def compare(candidate: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
-        result = pipeline.compare_with_serving(pipeline.config(), candidate["model_dir"])
+        result = dag_tasks.compare_with_serving(dag_tasks.config(), candidate["model_dir"])
         log.info("retrain gate: %s", result["reason"])
         return {**result, "model_dir": candidate["model_dir"]}
 
@@ -74,17 +74,17 @@ def vista_retrain() -> None:
 
     @task
     def resummarize(comparison: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
-        out = pipeline.resummarize(pipeline.config(), comparison["model_dir"])
+        out = dag_tasks.resummarize(dag_tasks.config(), comparison["model_dir"])
         return {"model_dir": comparison["model_dir"], **out["publish"]}
 
     @task(outlets=[SUMMARIES])
     def switch(published: dict[str, Any]) -> dict[str, Any]:
-        from batch_jobs import pipeline
+        from batch_jobs import dag_tasks
 
-        return pipeline.switch_model(
-            pipeline.config(), published["model_dir"], published["summaries_version"]
+        return dag_tasks.switch_model(
+            dag_tasks.config(), published["model_dir"], published["summaries_version"]
         )
 
     comparison = compare(train())

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from batch_jobs.fold import FoldParams, PartitionFolder, PartitionStats
+from batch_jobs.fold import PartitionFolder, PartitionStats
+from batch_jobs.worker import WorkerParams
+from summarizer.config import ModelSpec
 from summarizer.model import artifacts
 from summarizer.model.encoder import EventBatch
-from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.model.vista_model import VistaModel
 from summarizer.store import (
     STATE,
     SUMMARIES,
@@ -80,14 +82,14 @@ def _fold_day(
     """One partition through the worker (small batches: users span several), committed."""
     path, version, _ = model
     base = store.latest_version(STATE)
-    params = FoldParams(
+    params = WorkerParams(
         model_dir=path,
         model_version=version,
         store_uri=store.uri,
         storage_options={},
-        computed_at=dt.datetime.combine(day, dt.time(23, 59), dt.UTC),
+        run_time=dt.datetime.combine(day, dt.time(23, 59), dt.UTC),
         through_day=day,
-        base_state_version=base,
+        base_version=base,
         incremental=base is not None,
         users_per_flush=flush,
     )
@@ -198,15 +200,16 @@ def test_stored_rows_in_any_order_and_new_users_between(
     _check(model_dir, store, [day1, day2], [1, 2, 3, 4, 5])
 
     path, version, summ = model_dir
-    params = FoldParams(
+    params = WorkerParams(
         model_dir=path,
         model_version=version,
         store_uri=store.uri,
         storage_options={},
-        computed_at=dt.datetime(2026, 11, 3, tzinfo=dt.UTC),
+        run_time=dt.datetime(2026, 11, 3, tzinfo=dt.UTC),
         through_day=dt.date(2026, 11, 3),
-        base_state_version=store.latest_version(STATE),
+        base_version=store.latest_version(STATE),
         incremental=True,
+        users_per_flush=2048,
     )
     folder = PartitionFolder(params)
     folder._load_base([1, 2, 3])

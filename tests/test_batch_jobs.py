@@ -13,7 +13,12 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from batch_jobs import jobs, ledger  # noqa: E402
+from batch_jobs import ledger  # noqa: E402
+from batch_jobs.cluster import run_cluster  # noqa: E402
+from batch_jobs.publish import run_publish  # noqa: E402
+from batch_jobs.runs import JobError, default_run_dir  # noqa: E402
+from batch_jobs.summarize import run_summarize, summarize_partitions  # noqa: E402
+from batch_jobs.validate import run_validate  # noqa: E402
 from summarizer.config import SynthConfig, VistaConfig  # noqa: E402
 from summarizer.data.events import EVENT_SCHEMA, dataset, list_days, read_day, write_day  # noqa: E402
 from summarizer.data.validation import reference_time, validate_table  # noqa: E402
@@ -68,9 +73,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any
     """Synthetic events (bad rows and one late event included), a model, validated days."""
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.data import synth
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     root = tmp_path_factory.mktemp("batch")
     cfg = _cfg(root)
@@ -97,7 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any
     write_day(late, cfg.data.events_dir, days[-1], name="late-0")
     torch.manual_seed(0)
     artifacts.save(VistaModel(ModelSpec(**MODEL)), cfg.model.model_dir)
-    report = jobs.run_validate(spark, cfg)
+    report = run_validate(spark, cfg)
     reports = {r["day"]: r for r in report["days"]}
     assert list(reports) == days
     return {"root": root, "cfg": cfg, "days": days, "validate": reports, "total": report}
@@ -119,9 +125,9 @@ def _same_sums(got: pa.Table, want: pa.Table) -> None:
 
 
 def _run(spark: Any, cfg: VistaConfig, mode: str, day: str | None, **kw: Any) -> dict[str, Any]:
-    report = jobs.run_summarize(spark, cfg, mode=mode, day=day, **kw)
+    report = run_summarize(spark, cfg, mode=mode, day=day, **kw)
     if report["status"] == "staged":
-        jobs.run_publish(cfg, report["run_dir"])
+        run_publish(cfg, report["run_dir"])
     return report
 
 
@@ -158,7 +164,7 @@ def test_validate_equals_in_process_and_loses_nothing(world: dict[str, Any]) -> 
 def test_validate_rerun_gives_the_same_output(spark: Any, world: dict[str, Any]) -> None:
     cfg, day = world["cfg"], world["days"][-1]
     before = dataset(cfg.data.valid_dir).to_table(filter=pc.field("dt") == day).sort_by("ts")
-    again = jobs.run_validate(spark, cfg, [day])
+    again = run_validate(spark, cfg, [day])
     after = dataset(cfg.data.valid_dir).to_table(filter=pc.field("dt") == day).sort_by("ts")
     assert again["quarantined_by_reason"] == world["validate"][day]["quarantined_by_reason"]
     assert list_days(cfg.data.valid_dir) == world["days"]  # other days untouched
@@ -170,8 +176,8 @@ def test_validate_refuses_a_schema_mismatch(spark: Any, tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     bad = pa.table({"user_id": [1], "ts": [1], "item_id": ["x"], "action": [1]})
     write_day(bad, cfg.data.events_dir, "2026-11-01")
-    with pytest.raises(jobs.JobError, match="item_id"):
-        jobs.run_validate(spark, cfg, ["2026-11-01"])
+    with pytest.raises(JobError, match="item_id"):
+        run_validate(spark, cfg, ["2026-11-01"])
 
 
 # -- summarize ----------------------------------------------------------------------------------
@@ -244,15 +250,15 @@ def test_incremental_days_equal_one_full_run_and_reruns_are_no_ops(
     # Rerunning the last day changes nothing: skipped, no new table version.
     store = SummaryStore.from_config(inc.store)
     versions = (store.latest_version(STATE), store.latest_version(SUMMARIES))
-    again = jobs.run_summarize(spark, inc, mode="incremental", day=days[-1])
+    again = run_summarize(spark, inc, mode="incremental", day=days[-1])
     assert again["status"] == "skipped"
-    assert jobs.run_publish(inc, again["run_dir"])["status"] == "skipped"
+    assert run_publish(inc, again["run_dir"])["status"] == "skipped"
     # Re-publishing an already published manifest is a no-op too.
-    republish = jobs.run_publish(inc, jobs.default_run_dir(inc, "incremental", days[-2]))
+    republish = run_publish(inc, default_run_dir(inc, "incremental", days[-2]))
     assert republish["status"] == "skipped"
     assert (store.latest_version(STATE), store.latest_version(SUMMARIES)) == versions
     # A day before the last published one is refused; days in a full run are skipped.
-    assert jobs.run_summarize(spark, inc, mode="incremental", day=days[0])["status"] == "skipped"
+    assert run_summarize(spark, inc, mode="incremental", day=days[0])["status"] == "skipped"
     runs = ledger.entries(store.location)
     assert [e.mode for e in runs] == ["full"] + ["incremental"] * (len(days) - 2)
 
@@ -266,14 +272,14 @@ def test_a_failure_half_way_leaves_the_store_unchanged(spark: Any, world: dict[s
     before = (_state_table(store), _summary_table(store), store.serving_version())
     versions = (store.latest_version(STATE), store.latest_version(SUMMARIES))
     with pytest.raises(Exception, match="injected failure"):
-        jobs.run_summarize(spark, cfg, mode="incremental", day=days[-1], fail_after_users=4)
+        run_summarize(spark, cfg, mode="incremental", day=days[-1], fail_after_users=4)
     assert (store.latest_version(STATE), store.latest_version(SUMMARIES)) == versions
     assert _state_table(store).equals(before[0])
     assert _summary_table(store).equals(before[1])
     assert store.serving_version() == before[2]
 
     # Publish dies between its two commits: summaries (what readers see) unchanged...
-    report = jobs.run_summarize(spark, cfg, mode="incremental", day=days[-1])
+    report = run_summarize(spark, cfg, mode="incremental", day=days[-1])
     real_commit = SummaryStore.commit_upsert
 
     def flaky(self: SummaryStore, table: str, staged: Any) -> Any:
@@ -284,10 +290,10 @@ def test_a_failure_half_way_leaves_the_store_unchanged(spark: Any, world: dict[s
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SummaryStore, "commit_upsert", flaky)
         with pytest.raises(OSError, match="injected"):
-            jobs.run_publish(cfg, report["run_dir"])
+            run_publish(cfg, report["run_dir"])
     assert _summary_table(store).equals(before[1])
     # ...and the retry finishes it without folding the day twice.
-    done = jobs.run_publish(cfg, report["run_dir"])
+    done = run_publish(cfg, report["run_dir"])
     assert done["tables"][STATE] == {"status": "already committed"}
     assert done["tables"][SUMMARIES]["replaced"] > 0
     ref = _cfg(world["root"], "fail-ref")
@@ -305,8 +311,8 @@ def test_a_rewritten_partition_is_refused(spark: Any, world: dict[str, Any]) -> 
     extra = read_day(cfg.data.valid_dir, days[-1]).slice(0, 3)
     write_day(extra, cfg.data.valid_dir, days[-1], name="zz-extra")
     try:
-        with pytest.raises(jobs.JobError, match="partition changed"):
-            jobs.run_summarize(spark, cfg, mode="incremental", day=days[-1])
+        with pytest.raises(JobError, match="partition changed"):
+            run_summarize(spark, cfg, mode="incremental", day=days[-1])
     finally:
         (Path(cfg.data.valid_dir) / f"dt={days[-1]}" / "zz-extra.parquet").unlink()
 
@@ -353,8 +359,9 @@ def _gsu_cfg(world: dict[str, Any], store: str) -> VistaConfig:
     """The world's config with a VISTA + GSU model and small banks (gamma 24, C 64)."""
     import torch
 
+    from summarizer.config import ModelSpec
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     cfg = _cfg(world["root"], store)
     model_dir = world["root"] / "model-gsu"
@@ -377,7 +384,8 @@ def _user_events(cfg: VistaConfig, user_id: int, days: list[str]) -> tuple[np.nd
 
 def _expected_full(cfg: VistaConfig, user_id: int, days: list[str]) -> Any:
     """The reference: the user's valid events encoded and clustered in this process."""
-    from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.config import ClusterParams
+    from summarizer.memory.clustering import cluster_history, engagement_levels
     from summarizer.model import artifacts
     from summarizer.training.banks import encode_events
 
@@ -399,7 +407,7 @@ def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, 
     from summarizer.memory.clustering import MemoryBank
 
     cfg = _gsu_cfg(world, "cluster-full")
-    report = jobs.run_cluster(spark, cfg, mode="full")
+    report = run_cluster(spark, cfg, mode="full")
     assert report["status"] == "published"
     assert report["rows_read"] == sum(r["rows_valid"] for r in world["validate"].values())
     store = SummaryStore.from_config(cfg.store)
@@ -423,8 +431,9 @@ def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, 
 def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no_ops(
     spark: Any, world: dict[str, Any]
 ) -> None:
+
+    from summarizer.config import ClusterParams
     from summarizer.memory.clustering import (
-        ClusterParams,
         MemoryBank,
         assign_new,
         engagement_levels,
@@ -434,7 +443,7 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
 
     days = world["days"]
     cfg = _gsu_cfg(world, "cluster-inc")
-    jobs.run_cluster(spark, cfg, mode="full", day=days[-2])
+    run_cluster(spark, cfg, mode="full", day=days[-2])
     store = SummaryStore.from_config(cfg.store)
     before_users = sorted(store.get_memory_banks(list(range(100))))
     base = store.get_memory_banks(before_users)
@@ -442,10 +451,10 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
 
     # A run that dies half way leaves the banks as they were.
     with pytest.raises(Exception, match="injected failure"):
-        jobs.run_cluster(spark, cfg, mode="incremental", day=days[-1], fail_after_users=1)
+        run_cluster(spark, cfg, mode="incremental", day=days[-1], fail_after_users=1)
     assert store.latest_version("memory_bank") == version
 
-    report = jobs.run_cluster(spark, cfg, mode="incremental", day=days[-1])
+    report = run_cluster(spark, cfg, mode="incremental", day=days[-1])
     assert report["status"] == "published" and report["base_version"] == version
     day_users = sorted(set(read_day(cfg.data.valid_dir, days[-1]).column("user_id").to_pylist()))
     assert report["users"] == len(day_users)
@@ -476,23 +485,23 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
 
     # Rerunning the day commits nothing.
     version = store.latest_version("memory_bank")
-    again = jobs.run_cluster(spark, cfg, mode="incremental", day=days[-1])
+    again = run_cluster(spark, cfg, mode="incremental", day=days[-1])
     assert again["status"] == "unchanged" and again["users_already_through_day"] == len(day_users)
     assert store.latest_version("memory_bank") == version
 
 
 def test_cluster_refuses_a_model_without_a_gsu(spark: Any, world: dict[str, Any]) -> None:
-    with pytest.raises(jobs.JobError, match="no GSU"):
-        jobs.run_cluster(spark, _cfg(world["root"], "cluster-nogsu"), mode="full")
+    with pytest.raises(JobError, match="no GSU"):
+        run_cluster(spark, _cfg(world["root"], "cluster-nogsu"), mode="full")
     cfg = _gsu_cfg(world, "cluster-empty")
-    with pytest.raises(jobs.JobError, match="cluster --full"):
-        jobs.run_cluster(spark, cfg, mode="incremental", day=world["days"][-1])
+    with pytest.raises(JobError, match="cluster --full"):
+        run_cluster(spark, cfg, mode="incremental", day=world["days"][-1])
 
 
 def test_summarize_partitions_by_mode() -> None:
     """Full runs: two tasks a core (long histories balance); incremental days: one a core
     (many short users, less per-task start-up); a configured number always wins."""
-    assert jobs.summarize_partitions(0, 2, "full") == 4
-    assert jobs.summarize_partitions(0, 2, "incremental") == 2
-    assert jobs.summarize_partitions(0, 0, "incremental") == 1
-    assert jobs.summarize_partitions(3, 2, "full") == jobs.summarize_partitions(3, 2, "incremental")
+    assert summarize_partitions(0, 2, "full") == 4
+    assert summarize_partitions(0, 2, "incremental") == 2
+    assert summarize_partitions(0, 0, "incremental") == 1
+    assert summarize_partitions(3, 2, "full") == summarize_partitions(3, 2, "incremental")

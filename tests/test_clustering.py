@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kernels.topk import choose_backend, topk
+from summarizer.config import ClusterParams
 from summarizer.memory.clustering import (
-    ClusterParams,
     MemoryBank,
     assign_new,
     cluster_history,
@@ -83,7 +83,7 @@ def test_tokens_are_means_with_the_nearest_members_features() -> None:
     # Identical points cannot be separated by k-means: they are cut in order.
     flat = np.ones((100, 8), np.float32)
     b2 = cluster_history(
-        flat, np.arange(100), np.zeros(100, int), np.zeros(100, int), ClusterParams(10)
+        flat, np.arange(100), np.zeros(100, int), np.zeros(100, int), ClusterParams(max_cluster_size=10)
     )
     assert len(b2) == 10 and (b2.sizes == 10).all() and np.allclose(b2.centroids, 1.0)
 
@@ -121,13 +121,13 @@ def test_assign_new_joins_the_nearest_cluster_of_the_same_level() -> None:
 def test_assign_new_asks_for_reclustering_on_overflow_or_a_new_level() -> None:
     emb = np.zeros((10, 4), np.float32)
     bank = cluster_history(
-        emb, np.arange(10), np.zeros(10, int), np.zeros(10, int), ClusterParams(10)
+        emb, np.arange(10), np.zeros(10, int), np.zeros(10, int), ClusterParams(max_cluster_size=10)
     )
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(10))
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=10))
     assert again  # 11 > γ
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.ones(1, int), ClusterParams(50))
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.ones(1, int), ClusterParams(max_cluster_size=50))
     assert again  # level 1 has no cluster
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(50))
+    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=50))
     assert not again
 
 
@@ -178,8 +178,9 @@ def test_cluster_cli_builds_a_bank_and_searches_it(
     import torch
 
     from summarizer.cli import main
+    from summarizer.config import ModelSpec
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VISTA_SYNTH__MAX_EVENTS", "3000")

@@ -85,3 +85,52 @@ def test_config_show_prints_effective_values(
     import tomllib
 
     assert tomllib.loads(out)["store"]["uri"] == "gs://b/p"  # the output is itself valid TOML
+
+
+def test_model_section_is_the_spec_a_model_is_trained_with(tmp_path: Path) -> None:
+    """One class per concept: [model] keys are the architecture's own fields, and the spec
+    that training builds from the section carries them (plus data.num_actions)."""
+    from summarizer.config import ModelSpec
+    from summarizer.training.workflow import model_spec
+
+    path = tmp_path / "vista.toml"
+    path.write_text('[model]\nkind = "din"\nlast_k = 7\nnum_seeds = 16\n[data]\nnum_actions = 5\n')
+    cfg = load_config(path, env={})
+    spec = model_spec(cfg)
+    assert type(spec) is ModelSpec
+    assert (spec.kind, spec.last_k, spec.num_seeds, spec.num_actions) == ("din", 7, 16, 5)
+    assert "model_dir" not in spec.model_dump()  # the folder is not part of the architecture
+    assert ModelSpec.model_validate(spec.model_dump()) == spec  # what config.json round-trips
+    assert cfg.model.spec() == ModelSpec(kind="din", last_k=7, num_seeds=16)
+
+
+@pytest.mark.parametrize(
+    ("key", "needle"), [("num_actions", "data.num_actions"), ("rating_head", "ratings")]
+)
+def test_derived_model_fields_are_refused_in_the_section(key: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, env={f"VISTA_MODEL__{key.upper()}": "3"})
+
+
+def test_config_show_round_trips(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `vista config show` prints loads back as the same configuration."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "in.toml"
+    path.write_text("[model]\ngsu_k = 4\ngsu_gate = 0.5\n[memory]\nmax_clusters = 64\n")
+    assert main(["--config", str(path), "config", "show"]) == 0
+    shown = tmp_path / "shown.toml"
+    shown.write_text(capsys.readouterr().out)
+    assert load_config(shown, env={}) == load_config(path, env={})
+
+
+def test_memory_section_is_the_cluster_parameters() -> None:
+    """The cluster job hands [memory] to its workers as their ClusterParams."""
+    from summarizer.config import ClusterParams
+
+    cfg = load_config(None, env={"VISTA_MEMORY__MAX_CLUSTER_SIZE": "12"})
+    assert isinstance(cfg.memory, ClusterParams)
+    assert cfg.memory.max_cluster_size == 12
+    with pytest.raises(ConfigError, match="branching"):
+        load_config(None, env={"VISTA_MEMORY__BRANCHING": "1"})

@@ -67,11 +67,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Events for 6 days; everything but the last day summarized and served already."""
     import torch
 
-    from batch_jobs import jobs
+    from batch_jobs.cluster import run_cluster
+    from batch_jobs.publish import run_publish
     from batch_jobs.spark import build_session
+    from batch_jobs.summarize import run_summarize
+    from batch_jobs.validate import run_validate
+    from summarizer.config import ModelSpec
     from summarizer.data import synth
     from summarizer.model import artifacts
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.model.vista_model import VistaModel
 
     root = tmp_path_factory.mktemp("dags")
     toml = root / "vista.toml"
@@ -117,10 +121,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     days = list_days(cfg.data.events_dir)
     spark = build_session(cfg.spark)
     try:
-        jobs.run_validate(spark, cfg, days[:-1])
-        staged = jobs.run_summarize(spark, cfg, mode="full", day=days[-2])
-        jobs.run_publish(cfg, staged["run_dir"], promote=True)
-        jobs.run_cluster(spark, cfg, mode="full", day=days[-2])
+        run_validate(spark, cfg, days[:-1])
+        staged = run_summarize(spark, cfg, mode="full", day=days[-2])
+        run_publish(cfg, staged["run_dir"], promote=True)
+        run_cluster(spark, cfg, mode="full", day=days[-2])
     finally:
         spark.stop()
     env = _airflow_env(root / "airflow_home", toml)
@@ -199,20 +203,19 @@ def test_nightly_runs_end_to_end_equals_a_full_run_and_a_rerun_changes_nothing(
     bank_version = store.latest_version("memory_bank")
 
     # The nightly run (full through D-1, then day D) equals one full run through D.
-    from batch_jobs import jobs
+    from batch_jobs.publish import run_publish
     from batch_jobs.spark import build_session
+    from batch_jobs.summarize import run_summarize
 
     ref = cfg.model_copy(
         update={"store": cfg.store.model_copy(update={"uri": str(world["root"] / "ref")})}
     )
     spark = build_session(ref.spark)
     try:
-        staged = jobs.run_summarize(
-            spark, ref, mode="full", day=day, run_dir=world["root"] / "ref-run"
-        )
+        staged = run_summarize(spark, ref, mode="full", day=day, run_dir=world["root"] / "ref-run")
     finally:
         spark.stop()
-    jobs.run_publish(ref, staged["run_dir"])
+    run_publish(ref, staged["run_dir"])
     a = SummaryStore.from_config(ref.store).location.open("state").to_table().sort_by("user_id")
     b = store.location.open("state").to_table().sort_by("user_id")
     assert a.column("user_id").equals(b.column("user_id"))
@@ -250,7 +253,7 @@ def test_the_retrain_gate_refuses_a_worse_model(world: dict[str, Any], tmp_path:
     """The gate compares both models on the same window; a model scoring in reverse loses."""
     import torch
 
-    from batch_jobs import pipeline
+    from batch_jobs import dag_tasks
     from summarizer.data.histories import temporal_split
     from summarizer.model import artifacts
 
@@ -269,7 +272,7 @@ def test_the_retrain_gate_refuses_a_worse_model(world: dict[str, Any], tmp_path:
     probe = cfg.model_copy(
         update={"model": cfg.model.model_copy(update={"model_dir": str(dirs["a"])})}
     )
-    first = pipeline.compare_with_serving(probe, str(dirs["b"]))
+    first = dag_tasks.compare_with_serving(probe, str(dirs["b"]))
     # Serve whichever orientation is better; the other one is the worse candidate.
     better, worse = ("a", "b") if first["candidate_auc"] < first["serving_auc"] else ("b", "a")
     import shutil
@@ -278,7 +281,7 @@ def test_the_retrain_gate_refuses_a_worse_model(world: dict[str, Any], tmp_path:
     gated = cfg.model_copy(
         update={"model": cfg.model.model_copy(update={"model_dir": str(serving_dir)})}
     )
-    refused = pipeline.compare_with_serving(gated, str(dirs[worse]))
+    refused = dag_tasks.compare_with_serving(gated, str(dirs[worse]))
     assert refused["serving_auc"] - refused["candidate_auc"] > cfg.pipeline.retrain_margin
     assert refused["accept"] is False
-    assert pipeline.compare_with_serving(gated, str(dirs[better]))["accept"] is True
+    assert dag_tasks.compare_with_serving(gated, str(dirs[better]))["accept"] is True

@@ -157,15 +157,15 @@ def test_the_callers_torch_thread_count_is_kept() -> None:
 def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
     """End to end through the model (the scorer's path): a bank large enough for the int8
     search gathers the same tokens, and gives the same logits, as the torch reference."""
-    import dataclasses
 
     import torch
 
-    from summarizer.model.vista_model import ModelSpec, VistaModel
+    from summarizer.config import ModelSpec
+    from summarizer.model.vista_model import VistaModel
 
     torch.manual_seed(0)
     spec = ModelSpec(num_seeds=8, d_model=32, num_heads=2, item_buckets=1024, gsu_k=8)
-    model = VistaModel(dataclasses.replace(spec, gsu_gate=0.0)).eval()
+    model = VistaModel(spec.replace(gsu_gate=0.0)).eval()
     torch.nn.init.normal_(model.ranker.gsu_gate)
     tokens = torch.randn(3000, spec.d_model)
     sizes = torch.randint(1, 50, (3000,))

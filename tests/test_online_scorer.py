@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import threading
 from pathlib import Path
@@ -13,9 +12,10 @@ import pytest
 import torch
 
 from online_scorer import InvalidRequestError, ModelVersionError, OnlineScorer
+from summarizer.config import ModelSpec
 from summarizer.model import artifacts
 from summarizer.model.encoder import EventBatch
-from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.model.vista_model import VistaModel
 from summarizer.store import SummaryRecord, SummaryStatus, SummaryStore
 
 SPEC = ModelSpec(
@@ -61,7 +61,7 @@ def _summaries(model: VistaModel, version: str, users: list[int], seed: int) -> 
 
 
 # The state read-out (tokens = the state's rows, read by each candidate): 1 layer x 8 features.
-STATE_SPEC = dataclasses.replace(SPEC, values="events", readout="state")
+STATE_SPEC = SPEC.replace(values="events", readout="state")
 
 
 @pytest.fixture(params=[SPEC, STATE_SPEC], ids=["vista", "vista-state"])
@@ -178,7 +178,7 @@ def test_bad_requests_are_rejected_with_their_reason(
 
 def test_features_are_checked_for_models_that_take_them(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    spec = ModelSpec(**{**SPEC.to_dict(), "candidate_features": 3})
+    spec = SPEC.replace(candidate_features=3)
     model = VistaModel(spec).eval()
     version = artifacts.save(model, tmp_path / "m")
     store = SummaryStore(str(tmp_path / "db"))
@@ -275,13 +275,13 @@ def test_score_cli(world: dict[str, Any]) -> None:
 def gsu_world(tmp_path: Path) -> dict[str, Any]:
     """A VISTA + GSU model; summaries for USERS, TWIN-V2 banks (clusters of the same events
     as the model encodes them) for all of them but user 3."""
-    import dataclasses
 
-    from summarizer.memory.clustering import ClusterParams, cluster_history, engagement_levels
+    from summarizer.config import ClusterParams
+    from summarizer.memory.clustering import cluster_history, engagement_levels
     from summarizer.store import memory_bank_schema
 
     torch.manual_seed(0)
-    model = VistaModel(dataclasses.replace(SPEC, gsu_k=4, gsu_gate=0.0)).eval()
+    model = VistaModel(SPEC.replace(gsu_k=4, gsu_gate=0.0)).eval()
     torch.nn.init.normal_(model.ranker.gsu_gate)  # as if trained: a gate that is open
     version = artifacts.save(model, tmp_path / "model")
     model, _ = artifacts.load(tmp_path / "model")

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from summarizer.config import StoreConfig, VistaConfig
-from summarizer.store import SummaryRecord, SummaryStore
-from summarizer.store.cli import (
+from summarizer.cli.store import (
     cmd_store_compact,
     cmd_store_info,
     cmd_store_promote,
@@ -20,6 +18,8 @@ from summarizer.store.cli import (
     cmd_summary_get,
     register,
 )
+from summarizer.config import StoreConfig, VistaConfig
+from summarizer.store import SummaryRecord, SummaryStore
 
 pytestmark = pytest.mark.integration
 

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from summarizer.config import SynthConfig
+from summarizer.config import ModelSpec, SynthConfig, TrainConfig
 from summarizer.data import synth
 from summarizer.data.histories import event_labels, load_histories, temporal_split
 from summarizer.data.validation import validate_dataset
-from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.model.vista_model import VistaModel
 from summarizer.training import harness
 from summarizer.training.metrics import auc_score, compute_metrics
 from summarizer.training.train import (
-    TrainConfig,
     Window,
     bank_labels_for,
     batch_loss,
@@ -89,9 +88,7 @@ def test_batches_cover_every_selected_target_once(small_data: Path) -> None:
     hist = load_histories(small_data)
     targets = select_targets(hist, Window(-(2**62), 2**62), 10, np.random.default_rng(0))
     seen = 0
-    for b in iter_batches(
-        hist, targets, dataclasses.replace(FAST, batch_events=2000), np.random.default_rng(0)
-    ):
+    for b in iter_batches(hist, targets, FAST.replace(batch_events=2000), np.random.default_rng(0)):
         assert int(b.offsets[-1]) == len(b.events) <= max(2000, int(b.req_pos.max()) + 1)
         assert torch.all(b.req_summary_pos <= b.req_pos)
         seen += b.req_pos.numel()
@@ -117,8 +114,7 @@ def test_training_reduces_loss_and_learns(
     torch.manual_seed(0)
     state = {"num_seeds": 8, "values": "events", "feature_map": "softmax"}
     model = VistaModel(
-        dataclasses.replace(
-            TINY,
+        TINY.replace(
             gsu_k=gsu_k,
             memory=memory,
             readout=readout,
@@ -132,7 +128,7 @@ def test_training_reduces_loss_and_learns(
         iter_batches(
             hist,
             targets,
-            dataclasses.replace(FAST, batch_requests=10_000, batch_events=10**9),
+            FAST.replace(batch_requests=10_000, batch_events=10**9),
             None,
             None,
             banks,
@@ -149,7 +145,7 @@ def test_training_reduces_loss_and_learns(
 
 def test_implicit_feedback_gets_sampled_negatives(small_data: Path) -> None:
     hist = load_histories(small_data)
-    cfg = dataclasses.replace(FAST, negatives=3)
+    cfg = FAST.replace(negatives=3)
     targets = select_targets(hist, Window(-(2**62), 2**62), 4, np.random.default_rng(0))
     b = next(
         iter_batches(
@@ -167,7 +163,7 @@ def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
         if v.name in ("no history", "VISTA K=16")
     ]
     rows = harness.run(
-        small_data, variants, dataclasses.replace(FAST, epochs=1), out_dir=tmp_path, progress=False
+        small_data, variants, FAST.replace(epochs=1), out_dir=tmp_path, progress=False
     )
     assert [r.model for r in rows] == ["no history", "VISTA K=16"]
     assert all(0.0 <= r.auc <= 1.0 for r in rows)
@@ -179,13 +175,13 @@ def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
 def test_online_cost_model_orders_the_baselines() -> None:
     spec = ModelSpec()
     cost = {
-        k: harness.online_flops_per_candidate(dataclasses.replace(spec, kind=k), 100_000)
+        k: harness.online_flops_per_candidate(spec.replace(kind=k), 100_000)
         for k in ("none", "mean", "vista", "din", "full")
     }
     assert cost["none"] < cost["mean"] < cost["vista"] < cost["full"]
     assert cost["full"] > 100 * cost["vista"]  # full-history attention grows with n; VISTA does not
-    gsu = dataclasses.replace(spec, gsu_k=32)
-    sim = harness.online_flops_per_candidate(dataclasses.replace(gsu, kind="sim"), 100_000)
+    gsu = spec.replace(gsu_k=32)
+    sim = harness.online_flops_per_candidate(gsu.replace(kind="sim"), 100_000)
     vista_gsu = harness.online_flops_per_candidate(gsu, 100_000)
     assert cost["vista"] < vista_gsu and cost["din"] < sim < cost["full"]  # the search grows with n
 
@@ -207,18 +203,12 @@ def test_bucketed_reading_covers_every_user_once(small_data: Path) -> None:
     assert np.array_equal(one.ts[one.offsets[0] : one.offsets[1]], whole.ts[a:b])
 
 
-def test_train_section_defaults_match_train_config() -> None:
-    """The TOML [train] section and TrainConfig must not drift apart."""
-    from summarizer.config import TrainSection
-
-    assert TrainSection().model_dump() == dataclasses.asdict(TrainConfig())
-
-
 def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path) -> None:
     """Events before the cut-off are TWIN-V2-clustered on the model's encodings; later ones
     join the nearest cluster of their level, so nothing after the cut-off shapes the bank."""
+
+    from summarizer.config import ClusterParams
     from summarizer.memory.clustering import (
-        ClusterParams,
         cluster_history_with_labels,
         engagement_levels,
     )
@@ -227,7 +217,7 @@ def test_bank_partition_clusters_the_past_and_assigns_the_rest(small_data: Path)
     hist = load_histories(small_data)
     t1, _ = temporal_split(small_data)
     torch.manual_seed(0)
-    model = VistaModel(dataclasses.replace(TINY, gsu_k=4, memory="clusters")).eval()
+    model = VistaModel(TINY.replace(gsu_k=4, memory="clusters")).eval()
     params = ClusterParams(max_cluster_size=8, max_clusters=64)
     labels = bank_partition(model, hist, t1, params)
     u = int(np.argmax(hist.lengths()))

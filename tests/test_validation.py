@@ -10,7 +10,7 @@ import pytest
 from summarizer.data.events import EVENT_SCHEMA, day_bounds, read_day, write_day
 from summarizer.data.validation import (
     REASONS,
-    SchemaMismatchError,
+    EventSchemaError,
     validate_dataset,
     validate_table,
 )
@@ -122,7 +122,7 @@ def test_weight_column_is_optional() -> None:
     ],
 )
 def test_schema_mismatch_names_column_and_type(table: pa.Table, needle: str) -> None:
-    with pytest.raises(SchemaMismatchError, match=needle):
+    with pytest.raises(EventSchemaError, match=needle):
         validate_table(table, T1, NUM_ACTIONS)
 
 
@@ -144,7 +144,7 @@ def test_validate_dataset_writes_outputs_and_is_idempotent(tmp_path: Path) -> No
 
 def test_validate_dataset_names_the_partition_on_schema_mismatch(tmp_path: Path) -> None:
     write_day(pa.table({"user_id": [1], "ts": [1]}), tmp_path / "events", DAY)
-    with pytest.raises(SchemaMismatchError, match=f"dt={DAY}.*'item_id' is missing"):
+    with pytest.raises(EventSchemaError, match=f"dt={DAY}.*'item_id' is missing"):
         validate_dataset(
             tmp_path / "events", tmp_path / "v", tmp_path / "q", NUM_ACTIONS, progress=False
         )

@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from summarizer.config import SynthConfig
 from summarizer.data.events import EVENT_SCHEMA, Action, day_bounds, write_partitioned
+from summarizer.data.validation import REASONS
 
 LIKE_SHARE = 0.3
 
@@ -132,17 +133,8 @@ def generate_user(cfg: SynthConfig, profile: UserProfile) -> pa.Table:
     )
 
 
-BAD_KINDS = (
-    "null_user_id",
-    "null_ts",
-    "null_item_id",
-    "null_action",
-    "negative_id",
-    "negative_ts",
-    "future_ts",
-    "action_out_of_range",
-    "duplicate",
-)
+# Every quarantine reason but a bad weight (synthetic events carry none), in REASONS' order.
+BAD_KINDS = tuple(r for r in REASONS if r != "invalid_weight")
 
 
 def inject_bad_rows(

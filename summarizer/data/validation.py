@@ -3,7 +3,7 @@
 Nothing is dropped silently: for every input, ``valid + quarantined == input``.
 A row gets the first reason that applies, in the order of ``REASONS``. A schema
 problem (a missing column, or a column whose type cannot hold the contract's)
-is not a row problem: it raises ``SchemaMismatchError`` naming the column.
+is not a row problem: it raises ``EventSchemaError`` naming the column.
 
 The reference time for "future" is fixed per day partition (the end of that
 day, or now if earlier), so validating the same partition twice gives the same
@@ -59,7 +59,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-class SchemaMismatchError(ValueError):
+class EventSchemaError(ValueError):
     """The input's columns do not match the event contract."""
 
 
@@ -79,21 +79,21 @@ def _expected(name: str) -> str:
 
 
 def check_schema(schema: pa.Schema) -> None:
-    """Raise SchemaMismatchError unless every contract column is present with a usable type."""
+    """Raise EventSchemaError unless every contract column is present with a usable type."""
     for name in REQUIRED_COLUMNS:
         if name not in schema.names:
-            raise SchemaMismatchError(
+            raise EventSchemaError(
                 f"column {name!r} is missing; expected {_expected(name)} "
                 f"(input columns: {', '.join(schema.names)})"
             )
         typ = schema.field(name).type
         if not (pa.types.is_integer(typ) or pa.types.is_null(typ)):
-            raise SchemaMismatchError(f"column {name!r} has type {typ}; expected {_expected(name)}")
+            raise EventSchemaError(f"column {name!r} has type {typ}; expected {_expected(name)}")
     for name in OPTIONAL_COLUMNS:
         if name in schema.names:
             typ = schema.field(name).type
             if not (pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_null(typ)):
-                raise SchemaMismatchError(
+                raise EventSchemaError(
                     f"column {name!r} has type {typ}; expected {_expected(name)} (or absent)"
                 )
 
@@ -256,8 +256,8 @@ def validate_day(
     table = read_day(events_dir, day)
     try:
         result = validate_table(table, reference_time(day, now), num_actions, max_clock_skew_s)
-    except SchemaMismatchError as exc:
-        raise SchemaMismatchError(f"{Path(events_dir) / ('dt=' + day)}: {exc}") from exc
+    except EventSchemaError as exc:
+        raise EventSchemaError(f"{Path(events_dir) / ('dt=' + day)}: {exc}") from exc
     write_day(result.valid, valid_dir, day)
     if result.quarantine.num_rows:
         write_day(result.quarantine, quarantine_dir, day)

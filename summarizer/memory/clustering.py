@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from summarizer.config import ClusterParams
 from summarizer.data.events import Action
 from summarizer.store.records import MemoryBankRecord
 
@@ -52,25 +53,6 @@ def engagement_levels(action: np.ndarray, weight: np.ndarray | None = None) -> n
         rated = ~np.isnan(w)
         level[rated] = int(max(Action)) + 1 + np.searchsorted(_RATING_LEVELS, w[rated], "right")
     return level
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterParams:
-    max_cluster_size: int = 256  # γ
-    max_clusters: int = 10_000  # C
-    branching: int = 32  # most children per k-means split
-    iterations: int = 10  # k-means iterations per split
-    seed: int = 0
-    # FAISS OpenMP threads. 1 by default: the splits are small, and on a busy machine (a
-    # Spark worker per core) spinning OpenMP threads made clustering 60x slower here.
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("max_cluster_size", "max_clusters", "iterations", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.branching < 2:
-            raise ValueError(f"branching must be >= 2, got {self.branching}")
 
 
 @dataclasses.dataclass

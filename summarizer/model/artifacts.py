@@ -15,7 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from summarizer.model.vista_model import ModelSpec, VistaModel
+from summarizer.config import ModelSpec
+from summarizer.model.vista_model import VistaModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -51,7 +52,7 @@ def save(
     save_model(model, str(d / WEIGHTS))
     (d / CONFIG).write_text(
         json.dumps(
-            {"spec": model.spec.to_dict(), "metadata": metadata or {}}, indent=2, sort_keys=True
+            {"spec": model.spec.model_dump(), "metadata": metadata or {}}, indent=2, sort_keys=True
         )
     )
     version = model_version(d)
@@ -85,7 +86,7 @@ def _read_config(d: Path) -> dict:
 
 def _spec(d: Path, meta: dict) -> ModelSpec:
     try:
-        return ModelSpec.from_dict(meta["spec"])
+        return ModelSpec.model_validate(meta["spec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelArtifactError(f"{d / CONFIG}: invalid model config: {exc}") from exc
 

@@ -1,18 +1,8 @@
 """The whole model: event encoder, a history module (VISTA or a baseline), the ranker.
 
-``ModelSpec.kind`` picks how a user's history becomes memory for the ranker:
-
-* ``vista``   K summary tokens read out of the quasi-linear-attention state (the product);
-* ``none``    no history (the cold-start floor);
-* ``mean``    mean of all event encodings, one token;
-* ``din``     DIN-style target attention over the last ``last_k`` events;
-* ``linkedin`` last ``last_k`` events through a self-attention layer, then candidates
-  cross-attend (append + cross-attention);
-* ``transact`` TransAct-style early fusion: each of the last ``last_k`` events is
-  concatenated with the candidate, a transformer layer mixes them, pooled;
-* ``full``    target attention over the entire history (the expensive upper bound);
-* ``sim``     SIM soft search: each candidate attends to its own top-``gsu_k`` events of the
-  whole history, chosen by the general search unit (``kernels.topk``).
+``ModelSpec.kind`` picks how a user's history becomes memory for the ranker (the kinds
+are listed in :mod:`summarizer.config.model`; the baselines' causal forward passes are in
+:mod:`summarizer.training.baselines`).
 
 ``gsu_k > 0`` on a ``vista`` model adds the general search unit to VISTA: each
 candidate also attends to its top-``gsu_k`` tokens of the user's memory bank --
@@ -29,155 +19,15 @@ of the history they can use and at what online cost.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Any, Literal
-
 import torch
 from torch import nn
 
 from kernels import GatheredMemory
+from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.model.ranker import CandidateRanker, context_features
+from summarizer.model.reconstruction import ReconstructionDecoder
 from summarizer.model.summarization import VistaSummarizer
-
-Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
-KINDS: tuple[str, ...] = ("vista", "none", "mean", "din", "linkedin", "transact", "full", "sim")
-MEMORIES: tuple[str, ...] = ("events", "clusters")
-GSU_SOFTMAXES: tuple[str, ...] = ("separate", "shared")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Architecture hyper-parameters; saved as the model's JSON config."""
-
-    kind: str = "vista"
-    num_seeds: int = 64
-    d_model: int = 64
-    num_heads: int = 4
-    feature_dim: int = 32
-    feature_map: str = "silu"  # VISTA's quasi-linear SiLU map, "softmax" slots, or "seed"
-    values: str = "projected"  # summed values: learned W_v e per layer, or the encoded events
-    # Seed read-out: VISTA's transformer layers, "pool" (read only), or "state" (no seeds: the
-    # tokens are the state rows, read by each candidate; num_seeds = num_layers * feature_dim).
-    readout: str = "transformer"
-    num_layers: int = 2
-    item_buckets: int = 1 << 17
-    num_actions: int = 8
-    chunk_size: int = 4096
-    last_k: int = 100
-    recent_window: int = 32  # VISTA: raw events since the last summary, attended with the tokens
-    candidate_features: int = 0
-    rating_head: bool = False
-    gsu_k: int = 0  # memory tokens each candidate gathers (vista: optional; sim: required)
-    # What the bank holds in training/evaluation: the raw earlier events (SIM) or TWIN-V2
-    # cluster tokens of them (what the cluster job serves). Serving reads whatever is stored.
-    memory: str = "events"
-    # How the GSU picks meet the summary: their own softmax, added to the summary attention
-    # ("separate"), or one softmax over both ("shared"; stalled training, BENCHMARKS.md).
-    gsu_softmax: str = "separate"
-    # A learnable per-head gate on the separate GSU attention (VISTA), started at this value;
-    # None: no gate (the picks' attention is added as it is). Measured in BENCHMARKS.md:
-    # None best on the synthetic data, 0.0 (start as the summary alone) on ml-latest-small.
-    gsu_gate: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(
-                f"unknown model kind {self.kind!r}; expected one of {', '.join(KINDS)}"
-            )
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
-            )
-        if not 1 <= self.num_seeds <= 512:
-            raise ValueError(f"num_seeds must be in 1..512, got {self.num_seeds}")
-        if self.gsu_k < 0:
-            raise ValueError(f"gsu_k must be >= 0, got {self.gsu_k}")
-        if self.kind == "sim" and self.gsu_k < 1:
-            raise ValueError("kind 'sim' retrieves per candidate: gsu_k must be >= 1")
-        if self.memory not in MEMORIES:
-            raise ValueError(
-                f"unknown memory {self.memory!r}; expected one of {', '.join(MEMORIES)}"
-            )
-        if self.gsu_softmax not in GSU_SOFTMAXES:
-            raise ValueError(
-                f"unknown gsu_softmax {self.gsu_softmax!r}; expected one of "
-                f"{', '.join(GSU_SOFTMAXES)}"
-            )
-        if self.kind == "vista" and self.readout == "state":
-            rows = self.num_layers * self.feature_dim
-            if self.num_seeds != rows:
-                raise ValueError(
-                    f'readout "state" gives num_layers x feature_dim = {rows} tokens: '
-                    f"num_seeds must be {rows}, got {self.num_seeds}"
-                )
-            if self.feature_map == "seed":
-                raise ValueError(
-                    'readout "state" needs the silu or softmax feature map, not "seed"'
-                )
-        if self.gsu_k and self.kind not in ("vista", "sim"):
-            raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
-
-    @property
-    def uses_memory_bank(self) -> bool:
-        """Candidates gather top-k tokens from a memory bank (GSU)."""
-        return self.gsu_k > 0
-
-    def require_summarizer(self) -> None:
-        """Raise unless this kind of model summarizes histories (only 'vista' does)."""
-        if self.kind != "vista":
-            raise ValueError(
-                f"model kind {self.kind!r} has no summarizer; only 'vista' models summarize"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-class ReconstructionDecoder(nn.Module):
-    """VISTA's auxiliary loss: from the summary tokens alone, reconstruct past events.
-
-    A query made from an event's relative position in the history attends to
-    the tokens and predicts that event's encoding; the next event (relative
-    position 1) is always among the targets. Forces the seeds to keep the
-    whole history, not only what the ranking label needs today.
-    """
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.query = nn.Sequential(nn.Linear(4, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.out = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-
-    @staticmethod
-    def position_features(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        r = t.float() / p.clamp(min=1).float()
-        return torch.stack(
-            [
-                r,
-                torch.sin(torch.pi * r),
-                torch.cos(torch.pi * r),
-                torch.log1p((p - t).float()) / 14,
-            ],
-            -1,
-        )
-
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """tokens (B, K, d); positions t (B, R) of events to rebuild in histories of length p (B,)."""
-        q = self.query(self.position_features(t, p.unsqueeze(1)))
-        return self.out(self.attn(q, tokens, tokens, need_weights=False)[0])
 
 
 class VistaModel(nn.Module):

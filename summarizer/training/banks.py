@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from summarizer.config import ClusterParams
 from summarizer.data.histories import Histories
 from summarizer.memory.clustering import (
-    ClusterParams,
     cluster_history_with_labels,
     engagement_levels,
 )

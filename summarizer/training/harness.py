@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from summarizer.config import ModelSpec, TrainConfig
 from summarizer.data.histories import Histories, load_histories, temporal_split
-from summarizer.model.vista_model import ModelSpec, VistaModel
-from summarizer.training.train import TrainConfig, Window, evaluate, train
+from summarizer.model.vista_model import VistaModel
+from summarizer.training.train import Window, evaluate, train
 
 REFERENCE_CANDIDATES = 512  # m used to amortize per-request work in the cost column
 
@@ -36,7 +37,7 @@ GSU_K = 32  # memory tokens per candidate in the GSU rows
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
     def spec(**kw: object) -> ModelSpec:
         # The GSU only where a row asks for it (a configured gsu_k would not fit DIN & co.).
-        return dataclasses.replace(base, **{"gsu_k": 0, **kw})  # type: ignore[arg-type]
+        return base.replace(**{"gsu_k": 0, **kw})
 
     rows = base.num_layers * base.feature_dim  # the state read-out's token count
 
@@ -162,10 +163,8 @@ def run(
     n_hist = float(np.mean(test_lengths)) if test_lengths else 0.0
     rows = []
     for v in variants:
-        spec = dataclasses.replace(v.spec, rating_head=explicit)
-        vcfg = (
-            cfg if v.recon_weight is None else dataclasses.replace(cfg, recon_weight=v.recon_weight)
-        )
+        spec = v.spec.replace(rating_head=explicit)
+        vcfg = cfg if v.recon_weight is None else cfg.replace(recon_weight=v.recon_weight)
         if progress:
             print(f"== {v.name}")
         import torch
@@ -196,7 +195,7 @@ def run(
         write_outputs(
             rows,
             out_dir,
-            {"n_history_mean_test": n_hist, "split": [t1, t2], "train": dataclasses.asdict(cfg)},
+            {"n_history_mean_test": n_hist, "split": [t1, t2], "train": cfg.model_dump()},
         )
     return rows
 

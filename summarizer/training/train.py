@@ -20,31 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from summarizer.config import ClusterParams, TrainConfig
 from summarizer.data.histories import Histories
 from summarizer.model.encoder import SECONDS_PER_DAY, WEIGHT_SCALE, EventBatch
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.forward import TargetBatch, forward_targets
 from summarizer.training.metrics import Metrics, compute_metrics
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    epochs: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    targets_per_user: int = 128
-    batch_events: int = 200_000
-    batch_requests: int = 256
-    recon_weight: float = 0.1
-    rating_weight: float = 0.2
-    negatives: int = 0
-    patience: int = 2
-    eval_targets_per_user: int = 64
-    seed: int = 0
-    threads: int = 0  # 0: torch's default
-    # TWIN-V2 banks of models with memory="clusters" (summarizer.training.banks): gamma and C.
-    bank_cluster_size: int = 32
-    bank_max_clusters: int = 1000
 
 
 @dataclasses.dataclass
@@ -195,7 +176,6 @@ def bank_labels_for(
     clusters as of ``cutoff`` (summarizer.training.banks); None for any other model."""
     if not (model.spec.uses_memory_bank and model.spec.memory == "clusters"):
         return None
-    from summarizer.memory.clustering import ClusterParams
     from summarizer.training.banks import bank_partition
 
     params = ClusterParams(
@@ -214,9 +194,7 @@ def predict(
     labels, probs, ratings, true_r = [], [], [], []
     # Clusters as of the window's start: nothing in the window shapes the bank.
     banks = bank_labels_for(model, hist, window.start, cfg)
-    for batch in iter_batches(
-        hist, targets, dataclasses.replace(cfg, negatives=0), None, None, banks
-    ):
+    for batch in iter_batches(hist, targets, cfg.replace(negatives=0), None, None, banks):
         out = forward_targets(model, batch)
         labels.append(batch.cand_label.numpy())
         probs.append(torch.sigmoid(out.logits).numpy())

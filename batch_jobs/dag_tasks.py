@@ -63,9 +63,9 @@ def partition_ready(cfg: VistaConfig, day: str) -> bool:
 
 def validate(cfg: VistaConfig, day: str) -> dict[str, Any]:
     """Validate the day with Spark; raise CheckFailed above the quarantine threshold."""
-    from batch_jobs import jobs
+    from batch_jobs.validate import run_validate
 
-    report = jobs.run_validate(_session(cfg), cfg, [day])
+    report = run_validate(_session(cfg), cfg, [day])
     share, limit = report["quarantined_share"], cfg.pipeline.max_quarantine_share
     if share > limit:
         raise CheckFailed(
@@ -77,28 +77,28 @@ def validate(cfg: VistaConfig, day: str) -> dict[str, Any]:
 
 
 def summarize(cfg: VistaConfig, day: str) -> dict[str, Any]:
-    from batch_jobs import jobs
+    from batch_jobs.summarize import run_summarize
 
-    return jobs.run_summarize(_session(cfg), cfg, mode="incremental", day=day)
+    return run_summarize(_session(cfg), cfg, mode="incremental", day=day)
 
 
 def publish(cfg: VistaConfig, run_dir: str) -> dict[str, Any]:
-    from batch_jobs import jobs
+    from batch_jobs.publish import run_publish
 
-    return jobs.run_publish(cfg, run_dir)
+    return run_publish(cfg, run_dir)
 
 
 def cluster(cfg: VistaConfig, day: str) -> dict[str, Any]:
     """Add day D to every active user's memory bank (``memory.enabled``), or build the
     banks from the whole history the first time; a no-op when memory is disabled."""
-    from batch_jobs import jobs
+    from batch_jobs.cluster import run_cluster
     from summarizer.store import MEMORY_BANK
 
     if not cfg.memory.enabled:
         return {"job": "cluster", "status": "disabled", "reason": "memory.enabled is false"}
     store = SummaryStore.from_config(cfg.store)
     mode = "incremental" if store.exists(MEMORY_BANK) else "full"
-    return jobs.run_cluster(_session(cfg), cfg, mode=mode, day=day)
+    return run_cluster(_session(cfg), cfg, mode=mode, day=day)
 
 
 def _tokens(
@@ -209,15 +209,12 @@ def compact(cfg: VistaConfig) -> list[dict[str, Any]]:
 # -- retrain ------------------------------------------------------------------------------------
 def train_candidate(cfg: VistaConfig, name: str) -> dict[str, Any]:
     """Train a new model on the validated events into ``candidates_dir/name``."""
-    from summarizer.cli import main as vista
+    from summarizer.training.workflow import train_and_save
 
     out = Path(cfg.pipeline.candidates_dir) / name
     shutil.rmtree(out, ignore_errors=True)
-    code = vista(["train", "--out", str(out), "--quiet"])
-    if code != 0:
-        raise RuntimeError(f"training the candidate model failed (exit {code})")
-    meta = json.loads((out / "config.json").read_text())
-    return {"model_dir": str(out), "version": meta["version"], "test": meta["metadata"]["test"]}
+    done = train_and_save(cfg, out_dir=out, progress=False)
+    return {"model_dir": str(out), "version": done.version, "test": done.test.to_dict()}
 
 
 def compare_with_serving(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]:
@@ -228,12 +225,12 @@ def compare_with_serving(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]
     """
     from summarizer.data.histories import load_histories
     from summarizer.model import artifacts
-    from summarizer.training.train import TrainConfig, Window, evaluate
+    from summarizer.training.train import Window, evaluate
 
     meta = json.loads((Path(candidate_dir) / "config.json").read_text())
     t2 = int(meta["metadata"]["split"][1])
     hist = load_histories(cfg.data.valid_dir)
-    tc = TrainConfig(**cfg.train.model_dump())
+    tc = cfg.train
     window = Window(t2, 2**62)
     candidate, cand_version = artifacts.load(candidate_dir)
     cand_auc = evaluate(candidate, hist, window, tc).auc
@@ -258,16 +255,17 @@ def compare_with_serving(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]
 
 def resummarize(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]:
     """Every user under the candidate model (full job), published but not served yet."""
-    from batch_jobs import jobs
+    from batch_jobs.publish import run_publish
+    from batch_jobs.summarize import run_summarize
 
-    staged = jobs.run_summarize(
+    staged = run_summarize(
         _session(cfg),
         cfg,
         mode="full",
         model_dir=candidate_dir,
         run_dir=Path(cfg.data.runs_dir) / f"retrain-{uuid.uuid4().hex[:8]}",
     )
-    return {"summarize": staged, "publish": jobs.run_publish(cfg, staged["run_dir"])}
+    return {"summarize": staged, "publish": run_publish(cfg, staged["run_dir"])}
 
 
 def switch_model(cfg: VistaConfig, candidate_dir: str, summaries_version: int) -> dict[str, Any]:

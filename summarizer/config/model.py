@@ -1,0 +1,160 @@
+"""The model's architecture (:class:`ModelSpec`, saved as the model's JSON config) and the
+``[model]`` section (:class:`ModelConfig`: the spec plus where the serving model lives).
+
+``ModelSpec.kind`` picks how a user's history becomes memory for the ranker
+(``summarizer.model.vista_model`` and ``summarizer.training.baselines``):
+
+* ``vista``   K summary tokens read out of the quasi-linear-attention state (the product);
+* ``none``    no history (the cold-start floor);
+* ``mean``    mean of all event encodings, one token;
+* ``din``     DIN-style target attention over the last ``last_k`` events;
+* ``linkedin`` last ``last_k`` events through a self-attention layer, then candidates
+  cross-attend (append + cross-attention);
+* ``transact`` TransAct-style early fusion: each of the last ``last_k`` events is
+  concatenated with the candidate, a transformer layer mixes them, pooled;
+* ``full``    target attention over the entire history (the expensive upper bound);
+* ``sim``     SIM soft search: each candidate attends to its own top-``gsu_k`` events of the
+  whole history, chosen by the general search unit (``kernels.topk``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from summarizer.config.section import Section
+
+Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
+KINDS: tuple[str, ...] = get_args(Kind)
+
+
+class ModelSpec(Section):
+    """Architecture hyper-parameters: what a model folder's ``config.json`` records (its
+    version hashes them with the weights)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Kind = Field("vista", description="history module (see the module docstring)")
+    num_seeds: int = Field(64, ge=1, le=512, description="K summary tokens")
+    d_model: int = Field(64, ge=8, description="d, token width")
+    num_heads: int = Field(4, ge=1)
+    feature_dim: int = Field(32, ge=1, description="linear-attention features per head")
+    feature_map: Literal["silu", "softmax", "seed"] = Field(
+        "silu",
+        description="VISTA's SiLU (count-normalized), softmax slots (mass-normalized), or seed "
+        "(each seed a softmax over the events)",
+    )
+    values: Literal["projected", "events"] = Field(
+        "projected",
+        description="what the state sums per event: a learned value projection per layer "
+        "(VISTA) or the encoded event itself",
+    )
+    readout: Literal["transformer", "pool", "state"] = Field(
+        "transformer",
+        description="seed read-out: VISTA's layers (read, projection, self-attention, MLP), "
+        "pool (the normalized read added to each seed, nothing learned after it), or state "
+        "(no seeds: the tokens are the state rows and each candidate reads them itself; "
+        "num_seeds = num_layers x feature_dim)",
+    )
+    num_layers: int = Field(2, ge=1)
+    item_buckets: int = Field(1 << 17, ge=16, description="hashed item-embedding rows")
+    num_actions: int = Field(8, ge=1, le=32767, description="set from data.num_actions")
+    chunk_size: int = Field(4096, ge=1, description="events per streamed chunk")
+    last_k: int = Field(100, ge=1, description="window of the last-k baselines")
+    recent_window: int = Field(
+        32, ge=0, description="VISTA: raw events since the summary, attended with the tokens"
+    )
+    candidate_features: int = Field(0, ge=0, description="dense features per candidate")
+    rating_head: bool = Field(False, description="set by training: the data has ratings")
+    gsu_k: int = Field(
+        0,
+        ge=0,
+        description="memory-bank tokens (TWIN-V2 clusters / raw events) each candidate gathers "
+        "through the GSU besides the summary; 0 = off (kind sim: required)",
+    )
+    memory: Literal["events", "clusters"] = Field(
+        "events",
+        description="what the GSU searches in training and evaluation: the raw earlier events "
+        "(SIM) or TWIN-V2 cluster tokens of them (what the cluster job serves); serving reads "
+        "whatever is stored",
+    )
+    gsu_softmax: Literal["separate", "shared"] = Field(
+        "separate",
+        description="GSU picks in their own softmax (added to the summary attention) or in "
+        "the summary tokens' softmax (stalled training, BENCHMARKS.md)",
+    )
+    gsu_gate: float | None = Field(
+        None,
+        description="a learnable per-head gate on the GSU's attention, started at this value "
+        "(0: the summary alone at first); unset: no gate. None was best on the synthetic "
+        "data, 0.0 on ml-latest-small (BENCHMARKS.md)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.kind == "sim" and self.gsu_k < 1:
+            raise ValueError("kind 'sim' retrieves per candidate: gsu_k must be >= 1")
+        if self.gsu_k and self.kind not in ("vista", "sim"):
+            raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
+        if self.kind == "vista" and self.readout == "state":
+            rows = self.num_layers * self.feature_dim
+            if self.num_seeds != rows:
+                raise ValueError(
+                    f'readout "state" gives num_layers x feature_dim = {rows} tokens: '
+                    f"num_seeds must be {rows}, got {self.num_seeds}"
+                )
+            if self.feature_map == "seed":
+                raise ValueError(
+                    'readout "state" needs the silu or softmax feature map, not "seed"'
+                )
+        return self
+
+    @property
+    def uses_memory_bank(self) -> bool:
+        """Candidates gather top-k tokens from a memory bank (GSU)."""
+        return self.gsu_k > 0
+
+    def require_summarizer(self) -> None:
+        """Raise unless this kind of model summarizes histories (only 'vista' does)."""
+        if self.kind != "vista":
+            raise ValueError(
+                f"model kind {self.kind!r} has no summarizer; only 'vista' models summarize"
+            )
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+# Spec fields that come from elsewhere, never from the [model] table.
+_DERIVED = {
+    "num_actions": "it is data.num_actions",
+    "rating_head": "training sets it from the data (a rating head when events carry ratings)",
+}
+
+
+class ModelConfig(ModelSpec):
+    """The ``[model]`` section: the architecture a new model is trained with, and the
+    folder of the serving model (mutable like every section; the spec it makes is not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+    num_actions: int = Field(8, exclude=True)
+    rating_head: bool = Field(False, exclude=True)
+    model_dir: str = "artifacts/model"
+
+    @field_validator(*_DERIVED, mode="before")
+    @classmethod
+    def _derived(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only when the key is given (defaults are not validated).
+        name = str(info.field_name)
+        raise ValueError(f"model.{name} cannot be configured: {_DERIVED[name]}")
+
+    def spec(self, **derived: Any) -> ModelSpec:
+        """The architecture alone (no folder), with the derived fields given here
+        (``num_actions``, ``rating_head``) and any other overrides."""
+        return ModelSpec.model_validate({**self.model_dump(exclude={"model_dir"}), **derived})
