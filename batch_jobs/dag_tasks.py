@@ -225,7 +225,8 @@ def compare_with_serving(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]
     """
     from summarizer.data.histories import load_histories
     from summarizer.model import artifacts
-    from summarizer.training.train import Window, evaluate
+    from summarizer.training.targets import Window
+    from summarizer.training.train import evaluate
 
     meta = json.loads((Path(candidate_dir) / "config.json").read_text())
     t2 = int(meta["metadata"]["split"][1])

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from summarizer.data.histories import load_histories, temporal_split  # noqa: E402
 from summarizer.training.metrics import compute_metrics  # noqa: E402
-from summarizer.training.train import Window, select_targets  # noqa: E402
+from summarizer.training.targets import Window, select_targets  # noqa: E402
 
 
 def main() -> None:

@@ -48,8 +48,7 @@ import torch
 from kernels import topk
 from summarizer.config import VistaConfig
 from summarizer.model import artifacts
-from summarizer.model.ranker import context_features
-from summarizer.model.vista_model import VistaModel
+from summarizer.model.vista_model import ScoringRequest, VistaModel
 from summarizer.store import (
     MemoryBankReader,
     SummaryReader,
@@ -411,67 +410,28 @@ class OnlineScorer:
         now: float,
         banks: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
     ) -> list[np.ndarray]:
-        """The jagged pass: every request's candidates against its own tokens (and, with a
-        GSU, each candidate's top-k tokens of its request's memory bank)."""
-        ranker = model.ranker
-        item_ids = torch.cat(items)
-        feats = None
-        if model.spec.candidate_features:
-            feats = torch.cat(
-                [
-                    f if f is not None else torch.zeros(len(it), model.spec.candidate_features)
-                    for f, it in zip(features, items, strict=True)
-                ]
+        """The jagged pass (:meth:`VistaModel.score_requests`): every request's candidates
+        against its own tokens (and, with a GSU, each candidate's top-k tokens of its
+        request's memory bank)."""
+        requests = [
+            ScoringRequest(
+                item_ids=it,
+                tokens=(
+                    None
+                    if r.tokens is None
+                    else torch.from_numpy(np.asarray(r.tokens, dtype=np.float32))
+                ),
+                n_events=int(r.n_events or 0),
+                hours_since_last=(
+                    max(0.0, (now - r.last_ts) / 3600.0) if r.last_ts is not None else 0.0
+                ),
+                features=f,
+                bank=None if banks is None else banks[i],
             )
-        cand = ranker.embed_candidates(item_ids, feats)
-        tokens = [
-            torch.from_numpy(np.asarray(r.tokens, dtype=np.float32))
-            for r in summaries
-            if r.tokens is not None
+            for i, (r, it, f) in enumerate(zip(summaries, items, features, strict=True))
         ]
-        K = model.spec.num_seeds
-        lengths = torch.tensor([K if r.tokens is not None else 0 for r in summaries])
-        mem = torch.cat(tokens) if tokens else torch.zeros(0, model.spec.d_model)
-        k, v = ranker.project_memory(mem)
-        kv_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
-        kv_offsets[1:] = torch.cumsum(lengths, 0)
-        q_offsets = torch.zeros(len(summaries) + 1, dtype=torch.long)
-        q_counts = torch.tensor([len(it) for it in items])
-        q_offsets[1:] = torch.cumsum(q_counts, 0)
-        n_events = torch.tensor([int(r.n_events or 0) for r in summaries])
-        hours = torch.tensor(
-            [
-                max(0.0, (now - r.last_ts) / 3600.0) if r.last_ts is not None else 0.0
-                for r in summaries
-            ]
-        )
-        q = ranker.queries(cand)
-        gathered = None
-        if banks is not None:
-            gathered = model.gather_banks(q, q_offsets, list(banks), self.gsu_backend)
-        state = None
-        if ranker.state_q is not None:  # readout "state": each candidate reads its user's rows
-            if len(summaries) == 1:
-                state = model.state_read_input(tokens[0] if tokens else None)
-            else:
-                rows = torch.zeros(len(summaries), K, model.spec.d_model)
-                have = [i for i, r in enumerate(summaries) if r.tokens is not None]
-                if have:
-                    rows[have] = mem.view(len(have), K, -1)
-                state = (rows, torch.repeat_interleave(torch.arange(len(summaries)), q_counts))
-        logits, _ = ranker(
-            cand,
-            k,
-            v,
-            q_offsets,
-            kv_offsets,
-            context_features(n_events, hours),
-            memory=gathered,
-            q=q,
-            state=state,
-        )
-        probs = torch.sigmoid(logits).numpy().astype(np.float32)
-        return [probs[int(a) : int(b)] for a, b in zip(q_offsets[:-1], q_offsets[1:], strict=True)]
+        logits = model.score_requests(requests, self.gsu_backend)
+        return [torch.sigmoid(x).numpy().astype(np.float32) for x in logits]
 
     # -- comparison path (benchmarks and tests, not production) ------------------------------
     def score_per_candidate(self, user_id: Any, candidate_item_ids: Any) -> ScoreResult:

@@ -83,7 +83,11 @@ def test_tokens_are_means_with_the_nearest_members_features() -> None:
     # Identical points cannot be separated by k-means: they are cut in order.
     flat = np.ones((100, 8), np.float32)
     b2 = cluster_history(
-        flat, np.arange(100), np.zeros(100, int), np.zeros(100, int), ClusterParams(max_cluster_size=10)
+        flat,
+        np.arange(100),
+        np.zeros(100, int),
+        np.zeros(100, int),
+        ClusterParams(max_cluster_size=10),
     )
     assert len(b2) == 10 and (b2.sizes == 10).all() and np.allclose(b2.centroids, 1.0)
 
@@ -123,11 +127,17 @@ def test_assign_new_asks_for_reclustering_on_overflow_or_a_new_level() -> None:
     bank = cluster_history(
         emb, np.arange(10), np.zeros(10, int), np.zeros(10, int), ClusterParams(max_cluster_size=10)
     )
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=10))
+    _, again = assign_new(
+        bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=10)
+    )
     assert again  # 11 > γ
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.ones(1, int), ClusterParams(max_cluster_size=50))
+    _, again = assign_new(
+        bank, np.zeros((1, 4), np.float32), np.ones(1, int), ClusterParams(max_cluster_size=50)
+    )
     assert again  # level 1 has no cluster
-    _, again = assign_new(bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=50))
+    _, again = assign_new(
+        bank, np.zeros((1, 4), np.float32), np.zeros(1, int), ClusterParams(max_cluster_size=50)
+    )
     assert not again
 
 

@@ -161,7 +161,7 @@ def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
     import torch
 
     from summarizer.config import ModelSpec
-    from summarizer.model.vista_model import VistaModel
+    from summarizer.model.vista_model import ScoringRequest, VistaModel
 
     torch.manual_seed(0)
     spec = ModelSpec(num_seeds=8, d_model=32, num_heads=2, item_buckets=1024, gsu_k=8)
@@ -173,7 +173,9 @@ def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
     memory = torch.randn(12, spec.d_model)
     items = torch.arange(200) * 7
     logits = {
-        b: model.score_memory(memory, items, None, 500, 3.0, (tokens, sizes), gsu_backend=b)
+        b: model.score_request(
+            ScoringRequest(items, memory, 500, 3.0, bank=(tokens, sizes)), gsu_backend=b
+        )
         for b in ("torch", "int8")
     }
     assert torch.allclose(logits["int8"], logits["torch"], atol=1e-5)

@@ -15,7 +15,7 @@ from online_scorer import InvalidRequestError, ModelVersionError, OnlineScorer
 from summarizer.config import ModelSpec
 from summarizer.model import artifacts
 from summarizer.model.encoder import EventBatch
-from summarizer.model.vista_model import VistaModel
+from summarizer.model.vista_model import ScoringRequest, VistaModel
 from summarizer.store import SummaryRecord, SummaryStatus, SummaryStore
 
 SPEC = ModelSpec(
@@ -336,15 +336,14 @@ def test_scorer_with_memory_equals_the_model_and_each_candidate_alone(
     assert result.memory_tokens == len(bank.sizes)
     tokens = torch.from_numpy(rec.tokens.astype(np.float32))
     hours = (w["clock"]() - rec.last_ts) / 3600.0
-    expect = w["model"].score_memory(
-        tokens,
+    request = ScoringRequest(
         torch.tensor(items),
-        None,
+        tokens,
         rec.n_events,
         hours,
         bank=(torch.from_numpy(bank.tokens.astype(np.float32)), torch.from_numpy(bank.sizes)),
-        gsu_backend="torch",
     )
+    expect = w["model"].score_request(request, gsu_backend="torch")
     np.testing.assert_allclose(result.scores, torch.sigmoid(expect).numpy(), atol=1e-6)
     alone = w["scorer"].score_per_candidate(8, items)
     np.testing.assert_allclose(result.scores, alone.scores, atol=1e-6)

@@ -14,8 +14,9 @@ from summarizer.config import KINDS, ModelSpec
 from summarizer.model import artifacts
 from summarizer.model.encoder import EventBatch, previous_times
 from summarizer.model.summarization import SummaryState, VistaSummarizer
-from summarizer.model.vista_model import VistaModel
-from summarizer.training.forward import TargetBatch, forward_targets
+from summarizer.model.vista_model import ScoringRequest, VistaModel
+from summarizer.training.forward import forward_targets
+from summarizer.training.targets import TargetBatch
 
 SMALL = ModelSpec(
     num_seeds=8,
@@ -296,10 +297,15 @@ def test_training_path_equals_serving_path(model: VistaModel) -> None:
         state = summ.fold(summ.empty_state(), events.slice(0, sp))
         first = max(sp, p - w)
         prev = int(events.ts[first - 1]) if first > 0 else None
-        tokens = summ.readout(state)
-        memory = model.memory(tokens, events.slice(first, p), prev)
-        hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
-        served.append(model.score_memory(memory, torch.tensor(c), None, p, hours, summary=tokens))
+        request = ScoringRequest(
+            torch.tensor(c),
+            summ.readout(state),
+            n_events=p,
+            hours_since_last=(now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0,
+            recent=events.slice(first, p),
+            recent_prev_ts=prev,
+        )
+        served.append(model.score_request(request))
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
 
 
@@ -346,6 +352,43 @@ def test_score_tokens_amortized_equals_per_candidate(model: VistaModel) -> None:
         [model.score_tokens(tokens, items[i : i + 1], None, 300, 5.0) for i in range(0, 512, 37)]
     )
     assert torch.allclose(together[::37], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["seeds", "state", "gsu"])
+def test_a_jagged_batch_of_requests_equals_each_request_alone(variant: str) -> None:
+    """score_requests: requests of different users (summary or none, recent window or none,
+    bank or none, features) in one pass score as each alone; none sees another's candidates."""
+    torch.manual_seed(4)
+    spec = SMALL.replace(candidate_features=2)
+    if variant == "state":
+        spec = spec.replace(num_seeds=16, values="events", readout="state")
+    if variant == "gsu":
+        spec = spec.replace(gsu_k=3, gsu_gate=0.5)
+    m = VistaModel(spec).eval()
+    summ = m.require_summarizer()
+    tokens = [
+        summ.readout(summ.fold(summ.empty_state(), random_events(n, seed=n))) for n in (9, 30)
+    ]
+    recent = random_events(5, seed=3)
+    bank = m.bank_embeddings(random_events(12, seed=5)) if variant == "gsu" else None
+    requests = [
+        ScoringRequest(torch.tensor([1, 2, 3]), tokens[0], 9, 2.0, features=torch.randn(3, 2)),
+        ScoringRequest(torch.tensor([4]), None),  # cold start
+        ScoringRequest(
+            torch.tensor([5, 6, 7, 8]),
+            tokens[1],
+            35,
+            0.5,
+            recent=recent,
+            recent_prev_ts=int(recent.ts[0]) - 60,
+            bank=None if bank is None else (bank, torch.arange(1, 13)),
+        ),
+        ScoringRequest(torch.tensor([1, 2, 3]), tokens[1], 30, 7.0),  # same items, other user
+    ]
+    together = m.score_requests(requests, gsu_backend="torch")
+    for req, got in zip(requests, together, strict=True):
+        assert torch.allclose(got, m.score_request(req, gsu_backend="torch"), atol=1e-5)
+    assert not torch.allclose(together[0], together[3], atol=1e-4)
 
 
 def test_cold_start_scores_without_history(model: VistaModel) -> None:
@@ -505,7 +548,9 @@ def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
         read = torch.einsum("khf,hfd->khd", phi_q, kv_mean).reshape(8, 32)
         want = summ.final_norm(summ.seeds + block.norm_read(read))
     assert torch.allclose(tokens, want, atol=1e-5)
-    with pytest.raises(ValueError, match="readout\n  Input should be 'transformer', 'pool' or 'state'"):
+    with pytest.raises(
+        ValueError, match="readout\n  Input should be 'transformer', 'pool' or 'state'"
+    ):
         VistaModel(SMALL.replace(readout="mlp"))
 
 
@@ -542,27 +587,22 @@ def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> No
     w = model.spec.recent_window
     for i, (p, c) in enumerate(zip(positions, cands, strict=True)):
         sp = summary_pos[i] if summary_pos else p
-        memory, tokens = torch.zeros(0, model.spec.d_model), None
+        tokens, recent, prev = None, None, None
         if model.summarizer is not None:
             folded = model.summarizer.fold(model.summarizer.empty_state(), events.slice(0, sp))
             first = max(sp, p - w)
             prev = int(events.ts[first - 1]) if first > 0 else None
-            tokens = model.summarizer.readout(folded)
-            memory = model.memory(tokens, events.slice(first, p), prev)
-        bank = model.bank_embeddings(events.slice(0, sp))
-        hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
-        served.append(
-            model.score_memory(
-                memory,
-                torch.tensor(c),
-                None,
-                p,
-                hours,
-                bank=(bank, torch.ones(sp)),
-                gsu_backend="torch",
-                summary=tokens,
-            )
+            tokens, recent = model.summarizer.readout(folded), events.slice(first, p)
+        request = ScoringRequest(
+            torch.tensor(c),
+            tokens,
+            n_events=p,
+            hours_since_last=(now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0,
+            recent=recent,
+            recent_prev_ts=prev,
+            bank=(model.bank_embeddings(events.slice(0, sp)), torch.ones(sp)),
         )
+        served.append(model.score_request(request, gsu_backend="torch"))
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
 
 
@@ -582,21 +622,18 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
     items = torch.tensor([1, 2, 3, 4])
     bank = model.bank_embeddings(random_events(10, seed=7))
     sizes = torch.tensor([1, 50, 2, 1, 7, 1, 1, 300, 1, 3])
-    plain = model.score_memory(tokens, items, None, 30, 1.0)
+    plain = model.score_tokens(tokens, items, None, 30, 1.0)
+    banked = ScoringRequest(items, tokens, 30, 1.0, bank=(bank, sizes))
     gate = model.ranker.gsu_gate
     if gsu_softmax == "separate":  # gate 0: the untrained model is the summary alone
         assert gate is not None and torch.equal(gate, torch.zeros_like(gate))
-        closed = model.score_memory(
-            tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
-        )
+        closed = model.score_request(banked, gsu_backend="torch")
         assert torch.equal(closed, plain)
         with torch.no_grad():
             gate.copy_(torch.tensor([0.5, 1.0, 1.5, -0.7]))
     else:
         assert gate is None
-    with_bank = model.score_memory(
-        tokens, items, None, 30, 1.0, bank=(bank, sizes), gsu_backend="torch"
-    )
+    with_bank = model.score_request(banked, gsu_backend="torch")
     assert not torch.allclose(plain, with_bank)
     # By hand: top-3 by the summed attention logit, then the softmax(es).
     r = model.ranker
@@ -676,17 +713,10 @@ def test_gsu_over_clusters_training_path_equals_serving_with_those_cluster_token
             tokens, counts = prefix_cluster_tokens(e, labels, torch.tensor([p]))
             keep = counts[0] > 0
             hours = (now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0
-            served.append(
-                model.score_memory(
-                    torch.zeros(0, model.spec.d_model),
-                    torch.tensor(c),
-                    None,
-                    p,
-                    hours,
-                    bank=(tokens[0][keep], counts[0][keep]),
-                    gsu_backend="torch",
-                )
+            request = ScoringRequest(
+                torch.tensor(c), None, p, hours, bank=(tokens[0][keep], counts[0][keep])
             )
+            served.append(model.score_request(request, gsu_backend="torch"))
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-5)
 
 
@@ -744,10 +774,18 @@ def test_state_readout_tokens_are_the_state_rows_and_candidates_read_them() -> N
         jagged = ranker.read_state(cand, two, torch.tensor([0, 1, 0]))
         assert torch.allclose(jagged[[0, 2]], by_hand[[0, 2]], atol=1e-5)
         assert torch.equal(jagged[1], torch.zeros(H, D))
-        # No summary: the read is zero, so scoring equals scoring with all-zero tokens.
-        cold = m.score_memory(torch.zeros(0, spec.d_model), items, None, 0, 0.0, summary=None)
-        zeros = m.score_memory(
-            torch.zeros(0, spec.d_model), items, None, 0, 0.0, summary=torch.zeros(16, 32)
+        # No summary: nothing to attend to and a zero read (all-zero state rows).
+        cold = m.score_request(ScoringRequest(items, None))
+        q = ranker.queries(ranker.embed_candidates(items))
+        offsets = torch.tensor([0, len(items)])
+        zeros, _ = m.rank(
+            ranker.embed_candidates(items),
+            q,
+            torch.zeros(0, spec.d_model),
+            offsets,
+            torch.tensor([0, 0]),
+            torch.zeros(1, 2),
+            summaries=(torch.zeros(16, 32), None),
         )
     assert torch.allclose(cold, zeros)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,8 @@ from summarizer.data.validation import validate_dataset
 from summarizer.model.vista_model import VistaModel
 from summarizer.training import harness
 from summarizer.training.metrics import auc_score, compute_metrics
-from summarizer.training.train import (
-    Window,
-    bank_labels_for,
-    batch_loss,
-    iter_batches,
-    select_targets,
-    train,
-)
+from summarizer.training.targets import Window, iter_batches, select_targets
+from summarizer.training.train import bank_labels_for, batch_loss, train
 
 TINY = ModelSpec(
     num_seeds=8, d_model=32, num_heads=4, feature_dim=8, num_layers=1, item_buckets=2048, last_k=20

@@ -19,6 +19,9 @@ of the history they can use and at what online cost.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -28,6 +31,27 @@ from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, pr
 from summarizer.model.ranker import CandidateRanker, context_features
 from summarizer.model.reconstruction import ReconstructionDecoder
 from summarizer.model.summarization import VistaSummarizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringRequest:
+    """One request to :meth:`VistaModel.score_requests`: a user's memory and the candidates.
+
+    ``tokens`` (K, d): the user's summary tokens (None: no summary, the cold-start path);
+    ``recent``: raw events since the summary (its last ``recent_window`` are attended with
+    the tokens; ``recent_prev_ts`` is the time of the event before the first of them);
+    ``bank``: the user's GSU memory bank, tokens (C, d) and sizes (C,) (None: one event
+    each), for models with a GSU; ``n_events``/``hours_since_last``: the request's
+    context (events behind the memory, hours since the last of them)."""
+
+    item_ids: torch.Tensor  # int64 (m,)
+    tokens: torch.Tensor | None
+    n_events: int = 0
+    hours_since_last: float = 0.0
+    features: torch.Tensor | None = None  # float32 (m, candidate_features)
+    recent: EventBatch | None = None
+    recent_prev_ts: int | None = None
+    bank: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
 class VistaModel(nn.Module):
@@ -156,7 +180,7 @@ class VistaModel(nn.Module):
             offsets.append(start)
         return GatheredMemory(idx, k, v, torch.tensor(offsets), bias)
 
-    # ---- serving-side helpers (VISTA) ------------------------------------------------------
+    # ---- serving ------------------------------------------------------------------------------
     def require_summarizer(self) -> VistaSummarizer:
         self.spec.require_summarizer()
         assert self.summarizer is not None  # every 'vista' model has one
@@ -169,7 +193,7 @@ class VistaModel(nn.Module):
         """A request's memory: summary tokens (K, d) then its recent events (the last
         ``recent_window`` events since the summary; ``prev_ts`` is the time of the
         event before the first of them)."""
-        parts = [] if tokens is None else [tokens]
+        parts = [] if tokens is None else [tokens.float()]
         w = self.spec.recent_window
         if recent is not None and len(recent) and w:
             recent = (
@@ -180,54 +204,97 @@ class VistaModel(nn.Module):
             return torch.zeros(0, self.spec.d_model)
         return torch.cat(parts, 0)
 
-    @torch.no_grad()
-    def score_memory(
+    def rank(
         self,
+        cand: torch.Tensor,
+        q: torch.Tensor,
         memory: torch.Tensor,
-        item_ids: torch.Tensor,
-        features: torch.Tensor | None,
-        n_events: int,
-        hours_since_last: float,
-        bank: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-        gsu_backend: str = "auto",
-        summary: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Score one request's candidates against its memory tokens (N, d). Logits (m,).
+        q_offsets: torch.Tensor,
+        memory_offsets: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        gathered: GatheredMemory | None = None,
+        summaries: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 2 over assembled memory: the one ranker call of serving
+        (:meth:`score_requests`) and of the VISTA training forward
+        (:mod:`summarizer.training.forward`).
 
-        ``bank``: the user's memory bank (tokens (C, d), sizes (C,) or None) for models with
-        a GSU (``spec.gsu_k``): each candidate also attends to its top-k bank tokens.
-        ``summary``: the request's summary tokens (K, d) again, for the candidates' own read
-        of them (readout "state"; None: no summary, the read is zero)."""
-        cand = self.ranker.embed_candidates(item_ids, features)
-        q = self.ranker.queries(cand)
+        cand (M, d) embedded candidates, q (M, H, D) their queries; memory (N, d) every
+        request's tokens back to back (``memory_offsets`` (R+1,)); context (R, 2);
+        ``gathered``: each candidate's GSU picks; ``summaries``: (tokens (K, d) of one
+        request, None) or (tokens (R', K, d), each candidate's row) for the state read
+        (readout "state"; ignored by other read-outs). Returns (logits, ratings)."""
         k, v = self.ranker.project_memory(memory)
-        ctx = context_features(torch.tensor([n_events]), torch.tensor([hours_since_last]))
-        gathered = self.gather_banks(q, torch.tensor([0, q.shape[0]]), [bank], gsu_backend)
-        logits, _ = self.ranker(
-            cand,
-            k,
-            v,
-            torch.tensor([0, cand.shape[0]]),
-            torch.tensor([0, k.shape[0]]),
-            ctx,
-            memory=gathered,
-            q=q,
-            state=self.state_read_input(summary),
+        state = summaries if self.ranker.state_q is not None else None
+        return self.ranker(
+            cand, k, v, q_offsets, memory_offsets, context, memory=gathered, q=q, state=state
         )
-        return logits
 
-    def state_read_input(
-        self, summary: torch.Tensor | None
+    @torch.no_grad()
+    def score_requests(
+        self, requests: Sequence[ScoringRequest], gsu_backend: str = "auto"
+    ) -> list[torch.Tensor]:
+        """Score a jagged batch of requests in one pass: each request's candidates attend
+        to its own memory (summary tokens, recent window, GSU picks of its bank), never to
+        another request's or to each other. Logits (m_r,) per request, in order."""
+        if not requests:
+            return []
+        spec, ranker = self.spec, self.ranker
+        counts = torch.tensor([len(r.item_ids) for r in requests])
+        features = None
+        if spec.candidate_features:
+            features = torch.cat(
+                [
+                    torch.zeros(len(r.item_ids), spec.candidate_features)
+                    if r.features is None
+                    else r.features
+                    for r in requests
+                ]
+            )
+        cand = ranker.embed_candidates(torch.cat([r.item_ids for r in requests]), features)
+        q = ranker.queries(cand)
+        parts = [self.memory(r.tokens, r.recent, r.recent_prev_ts) for r in requests]
+        q_offsets = torch.zeros(len(requests) + 1, dtype=torch.long)
+        q_offsets[1:] = torch.cumsum(counts, 0)
+        memory_offsets = torch.zeros(len(requests) + 1, dtype=torch.long)
+        memory_offsets[1:] = torch.cumsum(torch.tensor([len(p) for p in parts]), 0)
+        context = context_features(
+            torch.tensor([r.n_events for r in requests]),
+            torch.tensor([r.hours_since_last for r in requests], dtype=torch.float32),
+        )
+        gathered = None
+        if any(r.bank is not None for r in requests):
+            gathered = self.gather_banks(q, q_offsets, [r.bank for r in requests], gsu_backend)
+        logits, _ = self.rank(
+            cand,
+            q,
+            torch.cat(parts) if len(parts) > 1 else parts[0],
+            q_offsets,
+            memory_offsets,
+            context,
+            gathered=gathered,
+            summaries=self._summary_rows(requests, counts),
+        )
+        return list(logits.split(counts.tolist()))
+
+    def _summary_rows(
+        self, requests: Sequence[ScoringRequest], counts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The ranker's ``state`` argument for one request's summary tokens (None when the
-        model has no state read; zeros -- no history -- when the request has no summary)."""
+        """The state read's input (readout "state"): each request's summary tokens, zeros
+        (no history) for a request without a summary."""
         if self.ranker.state_q is None:
             return None
-        if summary is None:
-            summary = torch.zeros(self.spec.num_seeds, self.spec.d_model)
-        return summary.float(), None
+        K, d = self.spec.num_seeds, self.spec.d_model
+        rows = [torch.zeros(K, d) if r.tokens is None else r.tokens.float() for r in requests]
+        if len(rows) == 1:  # one request: each candidate reads the same (K, d) rows
+            return rows[0], None
+        return torch.stack(rows), torch.repeat_interleave(torch.arange(len(rows)), counts)
 
-    @torch.no_grad()
+    def score_request(self, request: ScoringRequest, gsu_backend: str = "auto") -> torch.Tensor:
+        """One request: :meth:`score_requests` of a batch of one. Logits (m,)."""
+        return self.score_requests([request], gsu_backend)[0]
+
     def score_tokens(
         self,
         tokens: torch.Tensor | None,
@@ -237,11 +304,6 @@ class VistaModel(nn.Module):
         hours_since_last: float,
     ) -> torch.Tensor:
         """Score candidates against summary tokens alone (None: no history). Logits (m,)."""
-        return self.score_memory(
-            self.memory(tokens, None, None),
-            item_ids,
-            features,
-            n_events,
-            hours_since_last,
-            summary=tokens,
+        return self.score_request(
+            ScoringRequest(item_ids, tokens, n_events, hours_since_last, features=features)
         )

@@ -19,7 +19,8 @@ import numpy as np
 from summarizer.config import ModelSpec, TrainConfig
 from summarizer.data.histories import Histories, load_histories, temporal_split
 from summarizer.model.vista_model import VistaModel
-from summarizer.training.train import Window, evaluate, train
+from summarizer.training.targets import Window
+from summarizer.training.train import evaluate, train
 
 REFERENCE_CANDIDATES = 512  # m used to amortize per-request work in the cost column
 

@@ -1,11 +1,9 @@
 """Training: stage 1 and stage 2 end to end, on the downstream label plus reconstruction.
 
-Targets are events: the label of the event at position p (engaged, or a rating
->= 4) is predicted from the events before p, with the event's own item as the
-candidate. Split by time (80/10/10 by timestamp percentiles): training targets
-are events before t1, validation in [t1, t2), test from t2 on; every target's
-history is everything before it. Implicit-feedback data (no negatives in the
-log) gets ``negatives`` random items per target, labelled 0.
+Split by time (80/10/10 by timestamp percentiles): training targets are events before
+t1, validation in [t1, t2), test from t2 on; every target's history is everything
+before it (:mod:`summarizer.training.targets`). SparseAdam for the hashed item
+tables, AdamW for the rest; early stopping on validation AUC (best weights kept).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -22,133 +19,11 @@ import torch.nn.functional as F
 
 from summarizer.config import ClusterParams, TrainConfig
 from summarizer.data.histories import Histories
-from summarizer.model.encoder import SECONDS_PER_DAY, WEIGHT_SCALE, EventBatch
+from summarizer.model.encoder import WEIGHT_SCALE
 from summarizer.model.vista_model import VistaModel
-from summarizer.training.forward import TargetBatch, forward_targets
+from summarizer.training.forward import forward_targets
 from summarizer.training.metrics import Metrics, compute_metrics
-
-
-@dataclasses.dataclass
-class Window:
-    """A time window of targets: [start, end)."""
-
-    start: int
-    end: int
-
-
-def _positions(hist: Histories, u: int, window: Window) -> np.ndarray:
-    a, b = hist.offsets[u], hist.offsets[u + 1]
-    ts = hist.ts[a:b]
-    lo, hi = np.searchsorted(ts, window.start, "left"), np.searchsorted(ts, window.end, "left")
-    return np.arange(lo, hi)
-
-
-def select_targets(
-    hist: Histories, window: Window, per_user: int, rng: np.random.Generator | None
-) -> list[np.ndarray]:
-    """Per user, up to ``per_user`` target positions inside the window (random, or evenly spaced)."""
-    out = []
-    for u in range(hist.n_users):
-        pos = _positions(hist, u, window)
-        if len(pos) > per_user:
-            if rng is not None:
-                pos = np.sort(rng.choice(pos, per_user, replace=False))
-            else:
-                pos = pos[np.linspace(0, len(pos) - 1, per_user).round().astype(int)]
-        out.append(pos)
-    return out
-
-
-def iter_batches(
-    hist: Histories,
-    targets: list[np.ndarray],
-    cfg: TrainConfig,
-    rng: np.random.Generator | None,
-    item_pool: np.ndarray | None = None,
-    bank_labels: np.ndarray | None = None,
-) -> Iterator[TargetBatch]:
-    """Group users into batches bounded by events and requests (a huge user gets a batch alone).
-
-    ``bank_labels``: every event's cluster id (models with a TWIN-V2 bank)."""
-    users = [u for u in range(hist.n_users) if len(targets[u])]
-    if rng is not None:
-        rng.shuffle(users)
-    group: list[int] = []
-    n_ev = n_req = 0
-    for u in users:
-        need = int(targets[u][-1]) + 1
-        if group and (
-            n_ev + need > cfg.batch_events or n_req + len(targets[u]) > cfg.batch_requests
-        ):
-            yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool, bank_labels)
-            group, n_ev, n_req = [], 0, 0
-        group.append(u)
-        n_ev += need
-        n_req += len(targets[u])
-    if group:
-        yield _make_batch(hist, group, targets, cfg.negatives, rng, item_pool, bank_labels)
-
-
-def _make_batch(
-    hist: Histories,
-    users: list[int],
-    targets: list[np.ndarray],
-    negatives: int,
-    rng: np.random.Generator | None,
-    item_pool: np.ndarray | None,
-    bank_labels: np.ndarray | None = None,
-) -> TargetBatch:
-    labels_all = hist.labels
-    ev_parts: list[slice] = []
-    offsets = [0]
-    req_user, req_pos, req_ts, req_sum = [], [], [], []
-    cand_item, cand_label, cand_rating, cand_counts = [], [], [], []
-    neg_rng = rng if rng is not None else np.random.default_rng(0)
-    for i, u in enumerate(users):
-        a = int(hist.offsets[u])
-        pos = targets[u]
-        ev_parts.append(slice(a, a + int(pos[-1]) + 1))
-        offsets.append(offsets[-1] + int(pos[-1]) + 1)
-        g = a + pos
-        req_user.append(np.full(len(pos), i))
-        req_pos.append(pos)
-        req_ts.append(hist.ts[g])
-        # The nightly summary a request would read: everything before the request's UTC day.
-        user_ts = hist.ts[a : a + int(pos[-1]) + 1]
-        day_start = (hist.ts[g] // SECONDS_PER_DAY) * SECONDS_PER_DAY
-        req_sum.append(np.searchsorted(user_ts, day_start, "left"))
-        items = hist.item_id[g][:, None]
-        labels = labels_all[g][:, None]
-        ratings = hist.weight[g][:, None]
-        if negatives and item_pool is not None:
-            neg = item_pool[neg_rng.integers(0, len(item_pool), (len(pos), negatives))]
-            items = np.concatenate([items, neg], 1)
-            labels = np.concatenate([labels, np.zeros((len(pos), negatives), np.float32)], 1)
-            ratings = np.concatenate(
-                [ratings, np.full((len(pos), negatives), np.nan, np.float32)], 1
-            )
-        cand_item.append(items.ravel())
-        cand_label.append(labels.ravel())
-        cand_rating.append(ratings.ravel())
-        cand_counts.append(np.full(len(pos), items.shape[1]))
-    idx = np.concatenate([np.arange(s.start, s.stop) for s in ev_parts])
-    events = EventBatch.from_numpy(
-        hist.item_id[idx], hist.ts[idx], hist.action[idx], hist.weight[idx]
-    )
-    counts = np.concatenate(cand_counts)
-    return TargetBatch(
-        events=events,
-        offsets=torch.tensor(offsets),
-        req_user=torch.from_numpy(np.concatenate(req_user)),
-        req_pos=torch.from_numpy(np.concatenate(req_pos).astype(np.int64)),
-        req_ts=torch.from_numpy(np.concatenate(req_ts).astype(np.int64)),
-        cand_offsets=torch.from_numpy(np.r_[0, np.cumsum(counts)].astype(np.int64)),
-        cand_item=torch.from_numpy(np.concatenate(cand_item).astype(np.int64)),
-        cand_label=torch.from_numpy(np.concatenate(cand_label).astype(np.float32)),
-        cand_rating=torch.from_numpy(np.concatenate(cand_rating).astype(np.float32)),
-        req_summary_pos=torch.from_numpy(np.concatenate(req_sum).astype(np.int64)),
-        event_cluster=None if bank_labels is None else torch.from_numpy(bank_labels[idx]),
-    )
+from summarizer.training.targets import TargetBatch, Window, iter_batches, select_targets
 
 
 def batch_loss(

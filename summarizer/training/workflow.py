@@ -17,7 +17,8 @@ from summarizer.data.histories import load_histories, temporal_split
 from summarizer.model import artifacts
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.metrics import Metrics
-from summarizer.training.train import Window, evaluate, train
+from summarizer.training.targets import Window
+from summarizer.training.train import evaluate, train
 
 FOREVER = 2**62  # the open ends of the temporal split's windows
 

@@ -1,0 +1,123 @@
+"""The baselines' history modules in the causal form (training and evaluation only;
+they are not served): no history, mean pooling, DIN, LinkedIn-style append +
+cross-attention, TransAct early fusion, full-history target attention and SIM.
+
+Every kind but ``full`` and ``transact`` assembles its memory tokens and calls the
+model's one ranker call (:meth:`VistaModel.rank`), as VISTA's forward and serving do.
+To add a baseline: a kind in :data:`summarizer.config.model.Kind`, its modules in
+``VistaModel.__init__`` if it has any, its branch here and its online cost in
+:func:`summarizer.training.harness.online_flops_per_candidate`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from summarizer.model.vista_model import VistaModel
+from summarizer.training.causal_gsu import causal_gsu
+from summarizer.training.targets import TargetBatch, pad_jagged, request_windows
+
+
+def baseline_forward(
+    model: VistaModel, e: torch.Tensor, cand: torch.Tensor, ctx: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (and ratings) of a baseline kind: ``e`` the batch's encoded events, ``cand``
+    its embedded candidates, ``ctx`` (R, 2) each request's context."""
+    spec, ranker = model.spec, model.ranker
+    R = batch.req_pos.numel()
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    if spec.kind == "full":
+        return full_attention(model, e, cand, torch.repeat_interleave(ctx, n_per_req, 0), batch)
+    q = ranker.queries(cand)
+    gathered = None
+    none = torch.zeros(R + 1, dtype=torch.long)
+    if spec.kind == "none":
+        memory, offs = e.new_zeros(0, e.shape[1]), none
+    elif spec.kind == "mean":
+        start_u = batch.offsets[:-1][batch.req_user]
+        cs = torch.cat([e.new_zeros(1, e.shape[1]), torch.cumsum(e, 0)])
+        has = batch.req_pos > 0
+        mean = (cs[start_u + batch.req_pos] - cs[start_u]) / batch.req_pos.clamp(min=1).unsqueeze(1)
+        memory, offs = mean[has], none.clone()
+        offs[1:] = torch.cumsum(has.long(), 0)
+    elif spec.kind == "sim":  # no shared tokens: each candidate's top-k of the whole prefix
+        memory, offs = e.new_zeros(0, e.shape[1]), none
+        gathered = causal_gsu(model, e, q, batch, batch.req_pos)
+    else:
+        idx, offs = request_windows(batch, spec.last_k)
+        window = e[idx]
+        if spec.kind == "transact":
+            per_cand = torch.repeat_interleave(ctx, n_per_req, 0)
+            return early_fusion(model, window, offs, cand, per_cand, batch)
+        if spec.kind == "din":
+            memory = window
+        elif spec.kind == "linkedin":
+            assert model.history_layer is not None
+            padded, pad = pad_jagged(window, offs, spec.last_k)
+            memory = model.history_layer(padded, src_key_padding_mask=pad)[~pad]
+        else:
+            raise ValueError(f"unknown model kind {spec.kind!r}")
+    return model.rank(cand, q, memory, batch.cand_offsets, offs, ctx, gathered=gathered)
+
+
+def full_attention(
+    model: VistaModel, e: torch.Tensor, cand: torch.Tensor, ctx_c: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target attention over every earlier event: per user, a causal mask over its events."""
+    ranker = model.ranker
+    H, D = model.spec.num_heads, model.spec.d_model // model.spec.num_heads
+    cand_req = torch.repeat_interleave(
+        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    )
+    cand_user = batch.req_user[cand_req]
+    cand_p = batch.req_pos[cand_req]
+    out = cand.new_zeros(cand.shape[0], model.spec.d_model)
+    q_all = ranker.q(cand).view(-1, H, D)
+    for u in range(batch.offsets.numel() - 1):
+        sel = torch.nonzero(cand_user == u).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+        k, v = ranker.project_memory(e[a:b])
+        visible = torch.arange(b - a).unsqueeze(0) < cand_p[sel].unsqueeze(1)  # (m, n)
+        q = q_all[sel].transpose(0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(
+            q,
+            k.transpose(0, 1).unsqueeze(0),
+            v.transpose(0, 1).unsqueeze(0),
+            attn_mask=visible.unsqueeze(0),
+        )[0].transpose(0, 1)
+        o = torch.nan_to_num(o) * visible.any(1).view(-1, 1, 1)  # no history: nothing attended
+        out = out.index_copy(0, sel, o.reshape(-1, model.spec.d_model))
+    return ranker.head(cand, out, ctx_c)
+
+
+def early_fusion(
+    model: VistaModel,
+    window: torch.Tensor,
+    offs: torch.Tensor,
+    cand: torch.Tensor,
+    ctx_c: torch.Tensor,
+    batch: TargetBatch,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TransAct: [event ; candidate] tokens for the last k events, a transformer layer, mean+max pool."""
+    assert model.fusion is not None
+    k = model.spec.last_k
+    padded, pad = pad_jagged(window, offs, k)  # (R, k, d)
+    cand_req = torch.repeat_interleave(
+        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    )
+    ev = padded[cand_req]
+    pm = pad[cand_req]
+    z = model.fusion["mix_in"](torch.cat([ev, cand.unsqueeze(1).expand_as(ev)], dim=-1))
+    all_pad = pm.all(1)
+    pm_safe = pm.clone()
+    pm_safe[all_pad, 0] = False  # keep the layer defined; the result is zeroed below
+    z = model.fusion["layer"](z, src_key_padding_mask=pm_safe)
+    keep = (~pm).unsqueeze(-1).float()
+    mean = (z * keep).sum(1) / keep.sum(1).clamp(min=1)
+    mx = z.masked_fill(pm.unsqueeze(-1), float("-inf")).max(1).values
+    mx = torch.where(all_pad.unsqueeze(1), torch.zeros_like(mx), mx)
+    fused = model.fusion["mix_out"](torch.cat([mean, mx], dim=1)) * (~all_pad).unsqueeze(1)
+    return model.ranker.head(cand, fused, ctx_c)
