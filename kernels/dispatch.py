@@ -6,6 +6,7 @@
     out = attention(q, k, v, q_offsets, kv_offsets, backend="torch")   # force one
     explain_attention(q, k, v, q_offsets, kv_offsets)
     # {'triton': ['tensors are not on a CUDA device (device cpu)'], 'torch': []}
+    scores, idx = topk(queries, bank, k=32)                    # the GSU's search
 
 Backends, in order of preference (see :mod:`kernels.backends`): ``"triton"``
 (fused forward kernels, CUDA tensors, no autograd) and ``"torch"`` (the
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import numpy as np
 import torch
 
-from kernels import reference
+from kernels import reference, topk_int8
 from kernels.backends import (
     ATTENTION_BACKENDS,
     LINEAR_ATTENTION_BACKENDS,
@@ -33,13 +35,14 @@ from kernels.backends import (
     LinearAttentionInputs,
     LinearAttentionResult,
 )
+from kernels.topk_backends import TOPK_BACKENDS, TopkBackend, TopkInputs
 
-_Backend = TypeVar("_Backend", AttentionBackend, LinearAttentionBackend)
+_Backend = TypeVar("_Backend", AttentionBackend, LinearAttentionBackend, TopkBackend)
 
 
 def _select(
     backends: tuple[_Backend, ...],
-    inp: AttentionInputs | LinearAttentionInputs,
+    inp: AttentionInputs | LinearAttentionInputs | TopkInputs,
     backend: str | None,
 ) -> _Backend:
     if backend is not None:
@@ -183,3 +186,41 @@ def explain_linear_attention(
     """Why each backend would (empty list) or would not take this :func:`linear_attention` call."""
     inp = _linear_inputs(phi_k, v, state, positions)
     return {b.name: b.not_supported_reasons(inp) for b in LINEAR_ATTENTION_BACKENDS}
+
+
+def _topk_inputs(queries: np.ndarray, bank: np.ndarray, k: int) -> TopkInputs:
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    b = np.ascontiguousarray(bank, dtype=np.float32)
+    if q.ndim != 2 or b.ndim != 2 or q.shape[1] != b.shape[1]:
+        raise ValueError(f"queries (m, d) and bank (C, d) expected, got {q.shape} and {b.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return TopkInputs(q, b, min(k, b.shape[0]))
+
+
+def topk(
+    queries: np.ndarray, bank: np.ndarray, k: int, *, backend: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top-k bank tokens by inner product (the GSU): (m, d) queries against a
+    (C, d) bank -> scores (m, k') float32 and indices (m, k') int64, best first,
+    k' = min(k, C). ``backend``: ``"faiss"``, ``"int8"``, ``"heap"`` or ``"torch"`` to
+    force one (ValueError with the reasons if it cannot take the input); None picks the
+    first that can (see :mod:`kernels.topk_backends`)."""
+    inp = _topk_inputs(queries, bank, k)
+    m, C = inp.queries.shape[0], inp.bank.shape[0]
+    if C == 0 or m == 0:
+        return np.zeros((m, inp.k), np.float32), np.zeros((m, inp.k), np.int64)
+    return _select(TOPK_BACKENDS, inp, backend).apply(inp)
+
+
+def explain_topk(queries: np.ndarray, bank: np.ndarray, k: int) -> dict[str, list[str]]:
+    """Why each backend would (empty list) or would not take this :func:`topk` call."""
+    inp = _topk_inputs(queries, bank, k)
+    return {b.name: b.not_supported_reasons(inp) for b in TOPK_BACKENDS}
+
+
+def warm_up_topk(backend: str | None = None) -> None:
+    """Get the search ready before the first request: compile the int8 kernels (numba; ~10 s
+    in a fresh install, then loaded from numba's cache) wherever they could be chosen."""
+    if backend in (None, "int8") and topk_int8.available():
+        topk_int8.warm_up()

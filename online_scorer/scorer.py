@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels import topk
+from kernels import warm_up_topk
 from summarizer.config import VistaConfig
 from summarizer.model import artifacts
 from summarizer.model.vista_model import ScoringRequest, VistaModel
@@ -126,7 +126,7 @@ class OnlineScorer:
         refresh_interval_s: float | None = None,
         clock: Callable[[], float] = time.time,
         memory: bool = True,
-        gsu_backend: str = "auto",
+        gsu_backend: str | None = None,
     ) -> None:
         if not model_dirs:
             raise ValueError("an OnlineScorer needs at least one model folder")
@@ -164,7 +164,7 @@ class OnlineScorer:
         extra_model_dirs: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         memory: bool = True,
-        gsu_backend: str = "auto",
+        gsu_backend: str | None = None,
     ) -> OnlineScorer:
         """Load the model, pin the store's ``serving`` version (refreshed on an interval)."""
         store = SummaryStore(
@@ -200,7 +200,7 @@ class OnlineScorer:
         model.require_summarizer()
         model.eval()
         if self.memory and model.spec.uses_memory_bank:
-            topk.warm_up(self.gsu_backend)  # type: ignore[arg-type] # compile the search now
+            warm_up_topk(self.gsu_backend)  # compile the search now
         self._models[version] = model
         return version
 

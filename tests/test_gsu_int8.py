@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import topk, topk_int8
+from kernels import explain_topk, topk, topk_int8
 
 pytestmark = pytest.mark.skipif(not topk_int8.available(), reason="numba not installed")
 
@@ -91,11 +91,15 @@ def test_gsu_routes_small_banks_to_the_heap_search() -> None:
     assert not topk_int8.suitable(100, 32)
     with pytest.raises(ValueError, match="C >= 2048"):
         topk_int8.topk(q, small, 32)
-    s, i = topk.topk(q, small, 32, "int8")  # same answer through the heap search
+    # Automatic selection skips int8 for the small bank (saying why) and takes the heap search.
+    why = explain_topk(q, small, 32)
+    assert "under 2 x 32 x k = 2048" in why["int8"][0] and why["heap"] == []
+    s, i = topk(q, small, 32)
     want_s, want_i = brute(q, small, 32)
     assert np.array_equal(i, want_i)
-    assert topk.choose_backend("auto") in ("int8", "faiss")
-    empty_s, empty_i = topk.topk(np.zeros((0, 16), np.float32), np.ones((4096, 16), np.float32), 3)
+    big = explain_topk(q, rng.standard_normal((4096, 16)).astype(np.float32), 32)
+    assert big["int8"] == [] or big["faiss"] == []  # int8 is the CPU's pick for large banks
+    empty_s, empty_i = topk(np.zeros((0, 16), np.float32), np.ones((4096, 16), np.float32), 3)
     assert empty_s.shape == (0, 3) and empty_i.shape == (0, 3)
 
 
@@ -144,7 +148,7 @@ def test_the_callers_torch_thread_count_is_kept() -> None:
         "q = rng.standard_normal((64, 16)).astype(np.float32)\n"
         "bank = rng.standard_normal((4096, 16)).astype(np.float32)\n"
         "for backend in ('torch', 'faiss', 'heap', 'int8'):\n"  # as in a benchmark
-        "    topk.topk(q, bank, 8, backend)\n"
+        "    topk(q, bank, 8, backend=backend)\n"
         "print(torch.get_num_threads(), faiss.omp_get_max_threads())\n"
     )
     root = Path(__file__).resolve().parents[1]

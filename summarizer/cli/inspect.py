@@ -49,7 +49,7 @@ def cmd_cluster(cfg: VistaConfig, args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from kernels.topk import topk
+    from kernels import topk
     from summarizer.data.histories import load_histories
     from summarizer.memory.clustering import cluster_history, engagement_levels
     from summarizer.model import artifacts

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kernels import GatheredMemory
+from kernels import GatheredMemory, topk
 from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.model.ranker import CandidateRanker, context_features
@@ -141,7 +141,7 @@ class VistaModel(nn.Module):
         q: torch.Tensor,
         q_offsets: torch.Tensor,
         banks: list[tuple[torch.Tensor, torch.Tensor | None] | None],
-        gsu_backend: str = "auto",
+        gsu_backend: str | None = None,
     ) -> GatheredMemory | None:
         """The GSU for a jagged batch of requests: each candidate's top-``gsu_k`` tokens of its
         own request's memory bank, with bias log(size).
@@ -153,8 +153,6 @@ class VistaModel(nn.Module):
         present = [b for b in banks if b is not None and b[0].shape[0]]
         if not self.spec.uses_memory_bank or not present:
             return None
-        from kernels import topk
-
         G = self.spec.gsu_k
         tokens = torch.cat([b[0].float() for b in present])
         k, v = self.ranker.project_memory(self.mark_memory(tokens))  # all banks in one matmul
@@ -174,7 +172,7 @@ class VistaModel(nn.Module):
             a, b = int(q_offsets[r]), int(q_offsets[r + 1])
             if c and b > a:
                 flat_q = q[a:b].reshape(b - a, -1).float().numpy()
-                _, top = topk.topk(flat_q, flat_k[start : start + c], G, backend=gsu_backend)  # type: ignore[arg-type]
+                _, top = topk(flat_q, flat_k[start : start + c], G, backend=gsu_backend)
                 idx[a:b, : top.shape[1]] = torch.from_numpy(top)
             start += c
             offsets.append(start)
@@ -233,7 +231,7 @@ class VistaModel(nn.Module):
 
     @torch.no_grad()
     def score_requests(
-        self, requests: Sequence[ScoringRequest], gsu_backend: str = "auto"
+        self, requests: Sequence[ScoringRequest], gsu_backend: str | None = None
     ) -> list[torch.Tensor]:
         """Score a jagged batch of requests in one pass: each request's candidates attend
         to its own memory (summary tokens, recent window, GSU picks of its bank), never to
@@ -291,7 +289,9 @@ class VistaModel(nn.Module):
             return rows[0], None
         return torch.stack(rows), torch.repeat_interleave(torch.arange(len(rows)), counts)
 
-    def score_request(self, request: ScoringRequest, gsu_backend: str = "auto") -> torch.Tensor:
+    def score_request(
+        self, request: ScoringRequest, gsu_backend: str | None = None
+    ) -> torch.Tensor:
         """One request: :meth:`score_requests` of a batch of one. Logits (m,)."""
         return self.score_requests([request], gsu_backend)[0]
 
