@@ -16,7 +16,7 @@ SPARK_FILTER := { grep -v -E "^(WARNING: Using incubator|Using Spark's default l
 # Airflow for the demo: a project-local home with SQLite, this repo's dags/, no examples.
 AIRFLOW_ENV = AIRFLOW_HOME=$(abspath $(DEMO_DIR))/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) PATH=$(abspath $(BIN)):$$PATH
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench-smoke clean
 
 setup: $(STAMP)
 
@@ -60,9 +60,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff (lint + format), mypy on the four packages, and the dependency direction (import-linter).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# Every script under benchmarks/ once at its smallest sizes (a few minutes; not a measurement).
+bench-smoke: $(STAMP)
+	benchmarks/smoke.sh
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -123,7 +123,7 @@ class PartitionClusterer:
             self.stats.skipped += 1
             return
         emb = encode_events(self.model, item, ts, action, weight, base.last_ts)
-        bank, needs = assign_new(MemoryBank.from_record(base), emb, level, self.cluster)
+        bank, needs = assign_new(base.to_bank(), emb, level, self.cluster)
         if needs:
             self.recluster.append(uid)
             self.stats.recluster += 1
@@ -135,7 +135,8 @@ class PartitionClusterer:
     def _add(self, user_id: int, bank: MemoryBank, last_ts: int) -> None:
         self.stats.clusters += len(bank)
         self.done.append(
-            bank.to_record(
+            MemoryBankRecord.from_bank(
+                bank,
                 user_id,
                 self.p.model_version,
                 self.p.run_time,

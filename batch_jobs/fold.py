@@ -166,7 +166,10 @@ class PartitionFolder:
         # The batch's first user may be the previous batch's last one, continued.
         cont = self.current is not None and self.current.user_id == ids[0]
         self._load_base(ids[1:] if cont else ids)
-        order = ([self.current] if cont else []) + self._start(ids[1:] if cont else ids)
+        order = self._start(ids[1:] if cont else ids)
+        if cont:
+            assert self.current is not None
+            order.insert(0, self.current)
         # Arrow's read-only arrays: _fold takes the segments' rows out of them (copies).
         item = np.asarray(batch.column("item_id").to_numpy(), dtype=np.int64)
         ts = np.asarray(batch.column("ts").to_numpy(), dtype=np.int64)

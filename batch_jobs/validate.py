@@ -139,8 +139,8 @@ def run_validate(
     )
     try:
         per_day: dict[str, dict[str, int]] = {d: {} for d in days}
-        for r in checked.groupBy(PARTITION_KEY, "reason").count().collect():
-            per_day[r[PARTITION_KEY]][r["reason"] or ""] = int(r["count"])
+        for row in checked.groupBy(PARTITION_KEY, "reason").count().collect():
+            per_day[row[PARTITION_KEY]][row["reason"] or ""] = int(row["count"])
         valid = checked.where(F.col("reason").isNull()).select(
             *[F.col(f.name).cast(spark_type(f.type)) for f in EVENT_SCHEMA], PARTITION_KEY
         )
@@ -153,7 +153,7 @@ def run_validate(
         write_days(quarantine, cfg.data.quarantine_dir, days, with_bad)
     finally:
         checked.unpersist()
-    day_reports = []
+    day_reports: list[dict[str, Any]] = []
     for d in days:
         counts = {r: n for r, n in per_day[d].items() if r}
         read = sum(per_day[d].values())

@@ -256,6 +256,7 @@ def main() -> None:
     model_dir, store_uri = build(work, args.users)
     a = part_a(model_dir, store_uri, args.users, args.requests)
     out = HERE / "out"
+    out.mkdir(parents=True, exist_ok=True)  # a fresh clone has no benchmarks/out/
     if args.skip_history:
         (out / "scorer.json").write_text(json.dumps({"end_to_end": a}, indent=2))
         print(f"wrote {out / 'scorer.json'}")

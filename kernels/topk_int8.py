@@ -354,7 +354,7 @@ def topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
     threads = torch.get_num_threads()
     with _lock:
         try:
-            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]  # set at runtime
             # numba's OpenMP pool can resolve to torch's runtime (torch loads it globally)
             # and set its thread count to numba's when it starts: keep the caller's
             _keep_torch_threads(threads)
@@ -390,7 +390,7 @@ def _search(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     pad = torch.from_numpy(np.flatnonzero(tok_np < 0))
     cap = 4 * k + 64
     rows = min(ROW_BLOCK, m)
-    T = numba.config.NUMBA_NUM_THREADS
+    T = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at runtime
     v, cidx = np.empty((T, nc), np.float64), np.empty((T, nc), np.int64)
     buf = np.empty((T, min(nc, cap) * CHUNK), np.int32)
     cs, cj = np.empty((T, cap), np.float64), np.empty((T, cap), np.int64)

@@ -404,7 +404,6 @@ def _assert_same_bank(got: Any, want: Any) -> None:
 
 
 def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, Any]) -> None:
-    from summarizer.memory.clustering import MemoryBank
 
     cfg = _gsu_cfg(world, "cluster-full")
     report = run_cluster(spark, cfg, mode="full")
@@ -417,7 +416,7 @@ def test_cluster_full_equals_in_process_clustering(spark: Any, world: dict[str, 
     assert report["clusters_written"] == sum(len(b.sizes) for b in banks.values())
     for u in users:
         rec = banks[u]
-        bank = MemoryBank.from_record(rec)
+        bank = rec.to_bank()
         _assert_same_bank(bank, _expected_full(cfg, u, world["days"]))
         assert bank.sizes.max() <= max(24, int(np.ceil(2 * bank.n_events / 64)))
         assert rec.n_events == bank.n_events and rec.through_day.isoformat() == world["days"][-1]
@@ -434,7 +433,6 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
 
     from summarizer.config import ClusterParams
     from summarizer.memory.clustering import (
-        MemoryBank,
         assign_new,
         engagement_levels,
     )
@@ -465,14 +463,12 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
     params = ClusterParams(max_cluster_size=24, max_clusters=64)
     after = store.get_memory_banks(day_users + before_users)
     for u in day_users:
-        got = MemoryBank.from_record(after[u])
+        got = after[u].to_bank()
         item, ts, action, w = _user_events(cfg, u, [days[-1]])
         old = base.get(u)
         if old is not None:
             emb = encode_events(model, item, ts, action, w, old.last_ts)
-            added, needs = assign_new(
-                MemoryBank.from_record(old), emb, engagement_levels(action, w), params
-            )
+            added, needs = assign_new(old.to_bank(), emb, engagement_levels(action, w), params)
             if not needs:  # appended: exactly the stored bank plus the day
                 _assert_same_bank(got, added)
                 assert after[u].last_ts == max(old.last_ts, int(ts.max()))
@@ -480,7 +476,7 @@ def test_cluster_incremental_adds_the_day_reclusters_overflows_and_reruns_are_no
         # re-clustered from the whole history
         _assert_same_bank(got, _expected_full(cfg, u, days))
     for u in set(before_users) - set(day_users):  # users without events that day: untouched
-        _assert_same_bank(MemoryBank.from_record(after[u]), MemoryBank.from_record(base[u]))
+        _assert_same_bank(after[u].to_bank(), base[u].to_bank())
         assert after[u].through_day == base[u].through_day
 
     # Rerunning the day commits nothing.

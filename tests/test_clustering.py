@@ -219,14 +219,14 @@ def test_bank_round_trips_through_the_store_and_searches_the_same(tmp_path: Path
     bank's own (float16-rounded) tokens."""
     import datetime as dt
 
-    from summarizer.store import SummaryStore, memory_bank_schema
+    from summarizer.store import MemoryBankRecord, SummaryStore, memory_bank_schema
 
     params = ClusterParams(max_cluster_size=32, max_clusters=64)
     banks = {u: cluster_history(*history(500, seed=u), params) for u in (7, 8)}
     at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     store = SummaryStore(str(tmp_path / "db"))
     store.publish(
-        [b.to_record(u, "mv", at) for u, b in banks.items()],
+        [MemoryBankRecord.from_bank(b, u, "mv", at) for u, b in banks.items()],
         schema=memory_bank_schema(64, 16, "mv"),
     )
     got = store.get_memory_banks([8, 7, 9])

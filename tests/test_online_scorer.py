@@ -278,7 +278,7 @@ def gsu_world(tmp_path: Path) -> dict[str, Any]:
 
     from summarizer.config import ClusterParams
     from summarizer.memory.clustering import cluster_history, engagement_levels
-    from summarizer.store import memory_bank_schema
+    from summarizer.store import MemoryBankRecord, memory_bank_schema
 
     torch.manual_seed(0)
     model = VistaModel(SPEC.replace(gsu_k=4, gsu_gate=0.0)).eval()
@@ -309,7 +309,7 @@ def gsu_world(tmp_path: Path) -> dict[str, Any]:
             engagement_levels(ev.action.numpy()),
             ClusterParams(max_cluster_size=8, max_clusters=64),
         )
-        banks.append(bank.to_record(u, version, T0))
+        banks.append(MemoryBankRecord.from_bank(bank, u, version, T0))
     store.publish(banks, schema=memory_bank_schema(64, SPEC.d_model, version))
     scorer = OnlineScorer(
         store, [str(tmp_path / "model")], max_candidates=64, clock=clock, gsu_backend="torch"

@@ -30,14 +30,12 @@ never re-clusters the whole population.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 
 import numpy as np
 
 from summarizer.config import ClusterParams
 from summarizer.data.events import Action
-from summarizer.store.records import MemoryBankRecord
 
 # Explicit ratings (weight) fall in three levels after the implicit actions.
 _RATING_LEVELS = (2.5, 4.0)  # < 2.5 low, [2.5, 4) mid, >= 4 high
@@ -76,50 +74,6 @@ class MemoryBank:
     @property
     def n_events(self) -> int:
         return int(self.sizes.sum())
-
-    def to_record(
-        self,
-        user_id: int,
-        model_version: str,
-        updated_at: dt.datetime,
-        *,
-        last_ts: int | None = None,
-        through_day: dt.date | None = None,
-    ) -> MemoryBankRecord:
-        """The store's memory-bank row: float16 tokens (the means) and sizes for the scorer,
-        plus the exact sums, levels and representatives an incremental day needs."""
-        return MemoryBankRecord(
-            int(user_id),
-            model_version,
-            self.centroids.astype(np.float16),
-            self.sizes.copy(),
-            updated_at,
-            levels=self.levels.copy(),
-            rep_item=self.rep_item.copy(),
-            rep_action=self.rep_action.copy(),
-            sums=self.sums.copy(),
-            n_events=self.n_events,
-            last_ts=last_ts,
-            through_day=through_day,
-        )
-
-    @classmethod
-    def from_record(cls, record: MemoryBankRecord) -> MemoryBank:
-        """A stored bank back, to add events to (needs the batch-only columns)."""
-        if not record.has_batch_state:
-            raise ValueError(
-                f"user {record.user_id}: this memory-bank row has no batch state (sums, "
-                "levels); rebuild it with `vista job cluster --full`"
-            )
-        assert record.sums is not None and record.levels is not None
-        assert record.rep_item is not None and record.rep_action is not None
-        return cls(
-            np.asarray(record.sums, dtype=np.float64).copy(),
-            np.asarray(record.sizes, dtype=np.int64).copy(),
-            np.asarray(record.levels, dtype=np.int64).copy(),
-            np.asarray(record.rep_item, dtype=np.int64).copy(),
-            np.asarray(record.rep_action, dtype=np.int64).copy(),
-        )
 
 
 def effective_cluster_size(n: int, params: ClusterParams) -> int:

@@ -78,7 +78,7 @@ class VistaModel(nn.Module):
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None
         self.history_layer: nn.Module | None = None
-        self.fusion: nn.Module | None = None
+        self.fusion: nn.ModuleDict | None = None
         self.recent_type = nn.Parameter(torch.zeros(d))
         # Memory-bank tokens (GSU) are tagged too; only models that use a bank have the tag,
         # so the weights of models without one are unchanged.

@@ -25,6 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from summarizer.config import StoreConfig
+from summarizer.store.bank_records import (
+    MemoryBankRecord,
+    memory_banks_from_table,
+    memory_banks_to_batch,
+)
 from summarizer.store.banks import MemoryBankReader
 from summarizer.store.errors import (
     ConcurrentWriteError,
@@ -49,12 +54,9 @@ from summarizer.store.read import (
     validate_user_ids,
 )
 from summarizer.store.records import (
-    MemoryBankRecord,
     StateColumns,
     StateRecord,
     SummaryRecord,
-    memory_banks_from_table,
-    memory_banks_to_batch,
     state_batch,
     states_from_table,
     states_to_batch,

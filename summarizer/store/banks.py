@@ -19,9 +19,9 @@ from typing import Any
 import lance
 import numpy as np
 
+from summarizer.store.bank_records import MemoryBankRecord, memory_banks_from_table
 from summarizer.store.location import StoreLocation
 from summarizer.store.read import validate_user_ids
-from summarizer.store.records import MemoryBankRecord, memory_banks_from_table
 from summarizer.store.schema import KEY, MEMORY_BANK
 
 _COLUMNS = [KEY, "model_version", "tokens", "sizes", "updated_at"]

@@ -19,8 +19,6 @@ from summarizer.store.errors import SchemaMismatchError
 from summarizer.store.schema import (
     UTC_US,
     kv_shape_of,
-    memory_bank_schema,
-    memory_bank_shape,
     state_schema,
     summaries_schema,
     summary_shape,
@@ -91,37 +89,14 @@ class StateRecord:
         return SummaryState(kv, int(self.n_events), self.first_ts, self.last_ts)
 
 
-@dataclass(frozen=True)
-class MemoryBankRecord:
-    """Up to C cluster tokens of one user (GSU memory) with each cluster's size."""
-
-    user_id: int
-    model_version: str
-    tokens: np.ndarray  # (c, d) float16, c <= C
-    sizes: np.ndarray  # (c,) int64
-    updated_at: dt.datetime
-    # Batch only (None when not read or not kept): what an incremental day needs.
-    levels: np.ndarray | None = None  # (c,) engagement level of each cluster
-    rep_item: np.ndarray | None = None  # (c,) item of the member nearest the centroid
-    rep_action: np.ndarray | None = None  # (c,) its action
-    sums: np.ndarray | None = None  # (c, d) float64 member sums (exact means under additions)
-    n_events: int | None = None
-    last_ts: int | None = None
-    through_day: dt.date | None = None
-
-    @property
-    def has_batch_state(self) -> bool:
-        return self.sums is not None and self.levels is not None
-
-
-def _timestamps(values: Sequence[dt.datetime], name: str) -> pa.Array:
+def timestamps_array(values: Sequence[dt.datetime], name: str) -> pa.Array:
     for v in values:
         if not isinstance(v, dt.datetime) or v.tzinfo is None:
             raise SchemaMismatchError(f"{name} must be a timezone-aware datetime, got {v!r}")
     return pa.array(values, type=UTC_US)
 
 
-def _one_model_version(records: Sequence[Any], model_version: str | None) -> str:
+def one_model_version(records: Sequence[Any], model_version: str | None) -> str:
     versions = {r.model_version for r in records}
     if model_version is not None:
         versions.add(model_version)
@@ -132,7 +107,7 @@ def _one_model_version(records: Sequence[Any], model_version: str | None) -> str
     return versions.pop()
 
 
-def _fixed_lists(values: np.ndarray, width: int, dtype: Any) -> pa.FixedSizeListArray:
+def fixed_lists(values: np.ndarray, width: int, dtype: Any) -> pa.FixedSizeListArray:
     flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
@@ -150,7 +125,7 @@ def _stack(records: Sequence[Any], attr: str, shape: tuple[int, ...], dtype: Any
     return np.stack(values, dtype=dtype, casting="unsafe")
 
 
-def _ints(records: Sequence[Any], attr: str) -> pa.Array:
+def int_column(records: Sequence[Any], attr: str) -> pa.Array:
     return pa.array([getattr(r, attr) for r in records], type=pa.int64())
 
 
@@ -165,7 +140,7 @@ def summaries_to_batch(
         raise SchemaMismatchError("an empty batch needs K, d and model_version")
     if K is None or d is None:
         K, d = np.asarray(records[0].tokens).shape
-    mv = _one_model_version(records, model_version)
+    mv = one_model_version(records, model_version)
     return summary_batch(
         [r.user_id for r in records],
         mv,
@@ -194,11 +169,11 @@ def summary_batch(
     arrays = [
         pa.array(user_ids, type=pa.int64()),
         pa.array(mv, type=pa.string()),
-        _fixed_lists(tokens, K * d, np.float16),
+        fixed_lists(tokens, K * d, np.float16),
         pa.array(n_events, type=pa.int64()),
         pa.array(first_ts, type=pa.int64()),
         pa.array(last_ts, type=pa.int64()),
-        _timestamps(computed_at, "computed_at"),
+        timestamps_array(computed_at, "computed_at"),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=summaries_schema(K, d, model_version))
 
@@ -251,7 +226,7 @@ def states_to_batch(
     if not records and (kv_shape is None or model_version is None):
         raise SchemaMismatchError("an empty batch needs kv_shape and model_version")
     shape = tuple(kv_shape) if kv_shape is not None else tuple(np.asarray(records[0].kv).shape)
-    mv = _one_model_version(records, model_version)
+    mv = one_model_version(records, model_version)
     return state_batch(
         [r.user_id for r in records],
         mv,
@@ -285,11 +260,11 @@ def state_batch(
     arrays = [
         pa.array(user_ids, type=pa.int64()),
         pa.array(mv, type=pa.string()),
-        _fixed_lists(kv, int(np.prod(shape)), np.dtype(kv_dtype)),
+        fixed_lists(kv, int(np.prod(shape)), np.dtype(kv_dtype)),
         pa.array(n_events, type=pa.int64()),
         pa.array(first_ts, type=pa.int64()),
         pa.array(last_ts, type=pa.int64()),
-        _timestamps(updated_at, "updated_at"),
+        timestamps_array(updated_at, "updated_at"),
         pa.array(through_day, type=pa.date32()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=state_schema(shape, model_version, kv_dtype))
@@ -344,99 +319,7 @@ def states_from_table(table: pa.Table | pa.RecordBatch) -> list[StateRecord]:
     return [cols.record(i) for i in range(len(cols.user_id))]
 
 
-_BANK_LISTS = ("levels", "rep_item", "rep_action")
-
-
-def memory_banks_to_batch(
-    records: Sequence[MemoryBankRecord], C: int, d: int, model_version: str | None = None
-) -> pa.RecordBatch:
-    """Records -> one record batch with the memory-bank schema (capacity C, width d).
-
-    The batch-only columns are written for every record or for none (a job writes
-    one kind): mixing would leave some users unable to take an incremental day."""
-    if not records and model_version is None:
-        raise SchemaMismatchError("an empty batch needs model_version")
-    mv = _one_model_version(records, model_version)
-    counts = np.zeros(len(records) + 1, dtype=np.int32)
-    tokens, sizes = [], []
-    for i, r in enumerate(records):
-        t = np.asarray(r.tokens, dtype=np.float16).reshape(-1, d)
-        s = np.asarray(r.sizes, dtype=np.int64).reshape(-1)
-        if len(t) != len(s) or len(t) > C:
-            raise SchemaMismatchError(
-                f"user {r.user_id}: {len(t)} cluster tokens and {len(s)} sizes (capacity C={C})"
-            )
-        counts[i + 1] = len(t)
-        tokens.append(t)
-        sizes.append(s)
-    offsets = pa.array(np.cumsum(counts, dtype=np.int32))
-    flat = np.concatenate(tokens) if tokens else np.zeros((0, d), np.float16)
-    schema = memory_bank_schema(C, d, mv)
-    token_lists = pa.ListArray.from_arrays(
-        offsets, _fixed_lists(flat, d, np.float16), type=schema.field("tokens").type
-    )
-    size_flat = pa.array(np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
-    arrays = [
-        _ints(records, "user_id"),
-        pa.array([r.model_version for r in records], type=pa.string()),
-        token_lists,
-        pa.ListArray.from_arrays(offsets, size_flat, type=pa.list_(pa.int64())),
-        _timestamps([r.updated_at for r in records], "updated_at"),
-        *_bank_batch_columns(records, offsets, counts, d, schema),
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _bank_batch_columns(
-    records: Sequence[MemoryBankRecord],
-    offsets: pa.Array,
-    counts: np.ndarray,
-    d: int,
-    schema: pa.Schema,
-) -> list[pa.Array]:
-    """The batch-only columns: all null, or every record's values (checked against c)."""
-    names = [*_BANK_LISTS, "sums", "n_events", "last_ts", "through_day"]
-    kept = [r.has_batch_state for r in records]
-    if not any(kept):
-        return [pa.nulls(len(records), schema.field(n).type) for n in names]
-    if not all(kept):
-        raise SchemaMismatchError(
-            "some memory-bank records carry their batch state (levels, sums) and some do "
-            "not; write one kind per batch"
-        )
-    out = []
-    for name in _BANK_LISTS:
-        parts = []
-        for i, r in enumerate(records):
-            v = np.asarray(getattr(r, name), dtype=np.int64).reshape(-1)
-            if len(v) != counts[i + 1]:
-                raise SchemaMismatchError(
-                    f"user {r.user_id}: {len(v)} {name} for {counts[i + 1]} clusters"
-                )
-            parts.append(v)
-        out.append(pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(parts))))
-    sums = []
-    for i, r in enumerate(records):
-        v = np.asarray(r.sums, dtype=np.float64)
-        if v.shape != (counts[i + 1], d):
-            raise SchemaMismatchError(
-                f"user {r.user_id}: sums {v.shape}, expected ({counts[i + 1]}, {d})"
-            )
-        sums.append(v)
-    out.append(
-        pa.ListArray.from_arrays(
-            offsets,
-            _fixed_lists(np.concatenate(sums), d, np.float64),
-            type=schema.field("sums").type,
-        )
-    )
-    out.append(pa.array([r.n_events for r in records], type=pa.int64()))
-    out.append(pa.array([r.last_ts for r in records], type=pa.int64()))
-    out.append(pa.array([r.through_day for r in records], type=pa.date32()))
-    return out
-
-
-def _list_rows(column: Any, dtype: Any, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def list_rows(column: Any, dtype: Any, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A list column -> (flat numpy values, per-row start offsets (rows+1,))."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -448,46 +331,3 @@ def _list_rows(column: Any, dtype: Any, width: int = 0) -> tuple[np.ndarray, np.
     else:
         flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
     return flat, starts
-
-
-def memory_banks_from_table(table: pa.Table | pa.RecordBatch) -> list[MemoryBankRecord]:
-    """Rows -> records. Lists are sliced out of each column's flat numpy values
-    (``to_pylist`` of 10^3 nested tokens cost ~30 ms a user here). The batch-only
-    columns are read when the table has them and they are not null."""
-    _, d = memory_bank_shape(table.schema)
-    n = table.num_rows
-    tokens, t_at = _list_rows(table.column("tokens"), np.float16, d)
-    sizes, s_at = _list_rows(table.column("sizes"), np.int64)
-    cols = {name: table.column(name).to_pylist() for name in ("user_id", "model_version")}
-    stamps = table.column("updated_at").to_pylist()
-    names = table.schema.names
-    batch: dict[str, Any] = {}
-    if "sums" in names and table.column("sums").null_count < n:
-        for name in _BANK_LISTS:
-            batch[name] = _list_rows(table.column(name), np.int64)
-        batch["sums"] = _list_rows(table.column("sums"), np.float64, d)
-        for name in ("n_events", "last_ts", "through_day"):
-            batch[name] = table.column(name).to_pylist()
-
-    def extra(i: int) -> dict[str, Any]:
-        if not batch or batch["n_events"][i] is None:
-            return {}
-        out: dict[str, Any] = {}
-        for name in (*_BANK_LISTS, "sums"):
-            flat, at = batch[name]
-            out[name] = flat[at[i] : at[i + 1]].copy()
-        for name in ("n_events", "last_ts", "through_day"):
-            out[name] = batch[name][i]
-        return out
-
-    return [
-        MemoryBankRecord(
-            cols["user_id"][i],
-            cols["model_version"][i],
-            tokens[t_at[i] : t_at[i + 1]].copy(),
-            sizes[s_at[i] : s_at[i + 1]].copy(),
-            stamps[i],
-            **extra(i),
-        )
-        for i in range(n)
-    ]

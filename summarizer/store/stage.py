@@ -20,13 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
+from summarizer.store.bank_records import MemoryBankRecord, memory_banks_to_batch
 from summarizer.store.errors import SchemaMismatchError, StoreError
 from summarizer.store.location import StoreLocation
 from summarizer.store.records import (
-    MemoryBankRecord,
     StateRecord,
     SummaryRecord,
-    memory_banks_to_batch,
     states_to_batch,
     summaries_to_batch,
 )
@@ -249,7 +248,7 @@ def stage_fragments(
             schema=target,
             max_rows_per_file=max_rows_per_file,
             storage_options=dict(location.storage_options) or None,
-            **({"data_storage_version": version} if version else {}),
+            data_storage_version=version,  # None: the library's default (an existing table's)
         )
     except BaseException as exc:
         if failure:
