@@ -1,7 +1,7 @@
 """The online side: fetch a user's summary tokens by id, score candidates in one pass."""
 
+from online_scorer.requests import InvalidRequestError
 from online_scorer.scorer import (
-    InvalidRequestError,
     ModelVersionError,
     OnlineScorer,
     ScoreResult,

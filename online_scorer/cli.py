@@ -12,7 +12,8 @@ from summarizer.store.errors import StoreError
 
 
 def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
-    from online_scorer.scorer import InvalidRequestError, ModelVersionError, OnlineScorer
+    from online_scorer.requests import InvalidRequestError
+    from online_scorer.scorer import ModelVersionError, OnlineScorer
 
     try:
         user = int(args.user_id)

@@ -46,6 +46,12 @@ import numpy as np
 import torch
 
 from kernels import warm_up_topk
+from online_scorer.requests import (
+    InvalidRequestError,
+    check_features,
+    check_item_ids,
+    check_user_id,
+)
 from summarizer.config import VistaConfig
 from summarizer.model import artifacts
 from summarizer.model.vista_model import ScoringRequest, VistaModel
@@ -56,14 +62,8 @@ from summarizer.store import (
     SummaryStatus,
     SummaryStore,
 )
-from summarizer.store.errors import InvalidUserIdError
-from summarizer.store.read import validate_user_ids
 
 DEFAULT_MAX_CANDIDATES = 4096
-
-
-class InvalidRequestError(ValueError):
-    """A scoring request is malformed; the message names the problem."""
 
 
 class ModelVersionError(RuntimeError):
@@ -208,48 +208,6 @@ class OnlineScorer:
     def model_versions(self) -> list[str]:
         return list(self._models)
 
-    # -- validation ---------------------------------------------------------------------------
-    def _user(self, user_id: Any) -> int:
-        if isinstance(user_id, bool) or not isinstance(user_id, int | np.integer):
-            raise InvalidRequestError(f"user id must be a non-negative integer, got {user_id!r}")
-        try:
-            return int(validate_user_ids(user_id)[0])
-        except InvalidUserIdError as exc:
-            raise InvalidRequestError(str(exc)) from exc
-
-    def _items(self, item_ids: Any) -> torch.Tensor:
-        arr = np.asarray(item_ids)
-        if arr.ndim != 1:
-            raise InvalidRequestError(
-                f"candidate item ids must be a flat list, got shape {arr.shape}"
-            )
-        if arr.size == 0:
-            raise InvalidRequestError("the candidate list is empty")
-        if arr.size > self.max_candidates:
-            raise InvalidRequestError(
-                f"{arr.size} candidates; at most {self.max_candidates} per request"
-            )
-        if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-            raise InvalidRequestError(
-                f"candidate item ids must be integers, got {arr.dtype} (e.g. {arr[0]!r})"
-            )
-        if arr.min() < 0:
-            raise InvalidRequestError(f"candidate item ids must be non-negative, got {arr.min()}")
-        return torch.from_numpy(arr.astype(np.int64))
-
-    def _features(self, features: Any, m: int, model: VistaModel) -> torch.Tensor | None:
-        want = model.spec.candidate_features
-        if features is None:
-            return None
-        arr = np.asarray(features, dtype=np.float32)
-        if arr.shape != (m, want):
-            raise InvalidRequestError(
-                f"candidate features must have shape ({m}, {want}) for this model, got {arr.shape}"
-            )
-        if not np.isfinite(arr).all():
-            raise InvalidRequestError("candidate features contain NaN or Inf")
-        return torch.from_numpy(arr)
-
     # -- reads --------------------------------------------------------------------------------
     def _lookup(self, ids: list[int]) -> tuple[list[SummaryResult], int]:
         """Results for ids (one store read for the misses) and the table version they are from."""
@@ -285,7 +243,7 @@ class OnlineScorer:
 
     def get_summary(self, user_id: Any) -> Summary:
         """The stored summary of one user: tokens, status, versions, event counts."""
-        uid = self._user(user_id)
+        uid = check_user_id(user_id)
         (r,), version = self._lookup([uid])
         return Summary(
             uid,
@@ -366,7 +324,7 @@ class OnlineScorer:
                 raise InvalidRequestError(
                     "each request is (user_id, candidate_item_ids[, candidate_features])"
                 )
-            uid, items = self._user(req[0]), self._items(req[1])
+            uid, items = check_user_id(req[0]), check_item_ids(req[1], self.max_candidates)
             parsed.append((uid, items, req[2] if len(req) == 3 else None))
         results, version = self._lookup([p[0] for p in parsed])
         versions = [self._model_for(r)[0] for r in results]
@@ -378,7 +336,10 @@ class OnlineScorer:
         now = self.clock()
         for mv, idx in groups.items():
             model = self._models[mv]
-            feats = [self._features(parsed[i][2], len(parsed[i][1]), model) for i in idx]
+            feats = [
+                check_features(parsed[i][2], len(parsed[i][1]), model.spec.candidate_features)
+                for i in idx
+            ]
             scores = self._forward(
                 model,
                 [results[i] for i in idx],
@@ -436,8 +397,8 @@ class OnlineScorer:
     # -- comparison path (benchmarks and tests, not production) ------------------------------
     def score_per_candidate(self, user_id: Any, candidate_item_ids: Any) -> ScoreResult:
         """Each candidate in its own forward pass (what amortization saves)."""
-        uid = self._user(user_id)
-        items = self._items(candidate_item_ids)
+        uid = check_user_id(user_id)
+        items = check_item_ids(candidate_item_ids, self.max_candidates)
         (r,), version = self._lookup([uid])
         mv, model = self._model_for(r)
         banks, skipped = self._banks([uid], [mv])
