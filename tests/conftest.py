@@ -11,8 +11,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture
 def fixtures_dir() -> Path:
@@ -31,7 +29,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def clock():  # noqa: ANN201 - the store tests' settable clock
     import datetime as dt
 
-    from store_helpers import T0, FakeClock
+    from tests.helpers import T0, FakeClock
 
     return FakeClock(T0 + dt.timedelta(minutes=5))
 

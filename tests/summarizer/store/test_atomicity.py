@@ -24,6 +24,7 @@ from summarizer.store import (
     summaries_to_batch,
     write,
 )
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +189,7 @@ def test_reader_during_publishes_from_another_process(store: SummaryStore) -> No
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -21,10 +21,11 @@ pytest.importorskip("pyspark")
 from summarizer.config import SynthConfig, config_to_toml, load_config  # noqa: E402
 from summarizer.data.events import EVENT_SCHEMA, dataset, list_days, write_day  # noqa: E402
 from summarizer.store import SUMMARIES, SummaryStore  # noqa: E402
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+
 DAGS = REPO / "dags"
 MODEL = {
     "num_seeds": 8,

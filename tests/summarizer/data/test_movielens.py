@@ -3,11 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 
 from summarizer.data import movielens
 from summarizer.data.events import EVENT_SCHEMA, Action, dataset
 from summarizer.data.validation import validate_dataset
+from tests.helpers import SHARED_DATA
 
 
 @pytest.mark.parametrize(

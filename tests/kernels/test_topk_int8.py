@@ -3,12 +3,11 @@ built to stress its bound (skewed, outliers, ties, zero queries, odd sizes)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from kernels import explain_topk, topk, topk_int8
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(not topk_int8.available(), reason="numba not installed")
 
@@ -151,7 +150,7 @@ def test_the_callers_torch_thread_count_is_kept() -> None:
         "    topk(q, bank, 8, backend=backend)\n"
         "print(torch.get_num_threads(), faiss.omp_get_max_threads())\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )

@@ -9,7 +9,6 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
-from store_helpers import MV, T0, D, FakeClock, K, records, rows_of
 
 from summarizer.store import (
     MEMORY_BANK,
@@ -35,6 +34,7 @@ from summarizer.store import (
     summaries_to_batch,
     validate_user_ids,
 )
+from tests.helpers import MV, T0, D, FakeClock, K, records, rows_of
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from store_helpers import FakeClock, records, rows_of
 
 from summarizer.store import (
     SUMMARIES,
@@ -14,6 +13,7 @@ from summarizer.store import (
     SummaryStore,
     VersionNotFoundError,
 )
+from tests.helpers import FakeClock, records, rows_of
 
 pytestmark = pytest.mark.integration
 

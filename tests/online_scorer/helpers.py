@@ -1,0 +1,74 @@
+"""Helpers of the scorer tests: the model spec, a settable clock and stored summaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import torch
+
+from summarizer.config import ModelSpec
+from summarizer.model.encoder import EventBatch
+from summarizer.model.vista_model import VistaModel
+from summarizer.store import SummaryRecord
+
+SPEC = ModelSpec(
+    num_seeds=8, d_model=16, num_heads=2, feature_dim=8, num_layers=1, item_buckets=1024
+)
+
+
+T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+
+
+USERS = [1, 2, 3, 5, 8]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = (T0 + dt.timedelta(hours=1)).timestamp()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def stored_summaries(
+    model: VistaModel, version: str, users: list[int], seed: int
+) -> list[SummaryRecord]:
+    summ = model.require_summarizer()
+    out = []
+    for u in users:
+        rng = np.random.default_rng([seed, u])
+        n = 20 + 7 * u
+        events = EventBatch.from_numpy(
+            rng.integers(0, 500, n),
+            np.sort(rng.integers(1_700_000_000, int(T0.timestamp()), n)),
+            rng.integers(0, 4, n),
+            None,
+        )
+        state, tokens = summ.summarize(events)
+        out.append(
+            SummaryRecord(
+                u,
+                version,
+                tokens.numpy().astype(np.float16),
+                state.n_events,
+                state.first_ts,
+                state.last_ts,
+                T0,
+            )
+        )
+    return out
+
+
+# The state read-out (tokens = the state's rows, read by each candidate): 1 layer x 8 features.
+STATE_SPEC = SPEC.replace(values="events", readout="state")
+
+
+def expected_scores(w: dict[str, Any], rec: SummaryRecord | None, items: list[int]) -> np.ndarray:
+    """The model's own scoring of these tokens (float16 as stored)."""
+    tokens = None if rec is None else torch.from_numpy(rec.tokens.astype(np.float32))
+    n = 0 if rec is None else rec.n_events
+    hours = 0.0 if rec is None else (w["clock"]() - rec.last_ts) / 3600.0
+    logits = w["model"].score_tokens(tokens, torch.tensor(items), None, n, hours)
+    return torch.sigmoid(logits).numpy()
