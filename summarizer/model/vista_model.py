@@ -20,6 +20,7 @@ of the history they can use and at what online cost.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -191,6 +192,11 @@ class VistaModel(nn.Module):
         """A request's memory: summary tokens (K, d) then its recent events (the last
         ``recent_window`` events since the summary; ``prev_ts`` is the time of the
         event before the first of them)."""
+        return self._memory(tokens, recent, prev_ts)
+
+    def _memory(
+        self, tokens: torch.Tensor | None, recent: EventBatch | None, prev_ts: int | None
+    ) -> torch.Tensor:
         parts = [] if tokens is None else [tokens.float()]
         w = self.spec.recent_window
         if recent is not None and len(recent) and w:
@@ -229,17 +235,24 @@ class VistaModel(nn.Module):
             cand, k, v, q_offsets, memory_offsets, context, memory=gathered, q=q, state=state
         )
 
-    @torch.no_grad()
     def score_requests(
         self, requests: Sequence[ScoringRequest], gsu_backend: str | None = None
     ) -> list[torch.Tensor]:
         """Score a jagged batch of requests in one pass: each request's candidates attend
         to its own memory (summary tokens, recent window, GSU picks of its bank), never to
         another request's or to each other. Logits (m_r,) per request, in order."""
+        if torch.is_grad_enabled():  # the scorer calls it under inference_mode already
+            with torch.no_grad():
+                return self._score_requests(requests, gsu_backend)
+        return self._score_requests(requests, gsu_backend)
+
+    def _score_requests(
+        self, requests: Sequence[ScoringRequest], gsu_backend: str | None
+    ) -> list[torch.Tensor]:
         if not requests:
             return []
         spec, ranker = self.spec, self.ranker
-        counts = torch.tensor([len(r.item_ids) for r in requests])
+        counts = [len(r.item_ids) for r in requests]
         features = None
         if spec.candidate_features:
             features = torch.cat(
@@ -250,13 +263,17 @@ class VistaModel(nn.Module):
                     for r in requests
                 ]
             )
-        cand = ranker.embed_candidates(torch.cat([r.item_ids for r in requests]), features)
+        items = (
+            requests[0].item_ids
+            if len(requests) == 1
+            else torch.cat([r.item_ids for r in requests])
+        )
+        cand = ranker.embed_candidates(items, features)
         q = ranker.queries(cand)
-        parts = [self.memory(r.tokens, r.recent, r.recent_prev_ts) for r in requests]
-        q_offsets = torch.zeros(len(requests) + 1, dtype=torch.long)
-        q_offsets[1:] = torch.cumsum(counts, 0)
-        memory_offsets = torch.zeros(len(requests) + 1, dtype=torch.long)
-        memory_offsets[1:] = torch.cumsum(torch.tensor([len(p) for p in parts]), 0)
+        parts = [self._memory(r.tokens, r.recent, r.recent_prev_ts) for r in requests]
+        # Offsets from Python ints: one small tensor each (per-request overhead, ~us a call).
+        q_offsets = torch.tensor([0, *itertools.accumulate(counts)])
+        memory_offsets = torch.tensor([0, *itertools.accumulate(len(p) for p in parts)])
         context = context_features(
             torch.tensor([r.n_events for r in requests]),
             torch.tensor([r.hours_since_last for r in requests], dtype=torch.float32),
@@ -274,10 +291,10 @@ class VistaModel(nn.Module):
             gathered=gathered,
             summaries=self._summary_rows(requests, counts),
         )
-        return list(logits.split(counts.tolist()))
+        return list(logits.split(counts))
 
     def _summary_rows(
-        self, requests: Sequence[ScoringRequest], counts: torch.Tensor
+        self, requests: Sequence[ScoringRequest], counts: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The state read's input (readout "state"): each request's summary tokens, zeros
         (no history) for a request without a summary."""
@@ -287,7 +304,8 @@ class VistaModel(nn.Module):
         rows = [torch.zeros(K, d) if r.tokens is None else r.tokens.float() for r in requests]
         if len(rows) == 1:  # one request: each candidate reads the same (K, d) rows
             return rows[0], None
-        return torch.stack(rows), torch.repeat_interleave(torch.arange(len(rows)), counts)
+        per_cand = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
+        return torch.stack(rows), per_cand
 
     def score_request(
         self, request: ScoringRequest, gsu_backend: str | None = None
