@@ -28,18 +28,33 @@ def cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 def cmd_evaluate(cfg: VistaConfig, args: argparse.Namespace) -> int:
     from summarizer.training import harness
+    from summarizer.training.classic import CLASSIC_ROWS
     from summarizer.training.workflow import model_spec
 
     data = args.data or cfg.data.valid_dir
     variants = harness.default_variants(model_spec(cfg), last_k=cfg.model.last_k)
+    classic = list(CLASSIC_ROWS)
     if args.models:
         wanted = [w.strip().lower() for w in args.models.split(",")]
+
         # Prefix match: a substring match made "DIN" pick "LinkedIn" too.
-        variants = [v for v in variants if any(v.name.lower().startswith(w) for w in wanted)]
-        if not variants:
+        def chosen(name: str) -> bool:
+            return any(name.lower().startswith(w) for w in wanted)
+
+        variants = [v for v in variants if chosen(v.name)]
+        classic = [c for c in classic if chosen(c)]
+        if not variants and not classic:
             raise ValueError(f"no model matches {args.models!r}")
     tc = cfg.train if args.epochs is None else cfg.train.replace(epochs=args.epochs)
-    rows = harness.run(data, variants, tc, out_dir=args.out, progress=not args.quiet)
+    rows = harness.run(
+        data,
+        variants,
+        tc,
+        out_dir=args.out,
+        progress=not args.quiet,
+        classic_names=classic,
+        seeds=args.seeds,
+    )
     print(harness.format_table(rows))
     if args.out:
         print(f"wrote {args.out}/results.md, results.json and quality_vs_cost.png")
@@ -65,5 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--models", help="comma-separated name prefixes, e.g. 'no history,DIN,VISTA K=64'"
     )
     ev.add_argument("--epochs", type=int, help="override train.epochs")
+    ev.add_argument(
+        "--seeds", type=int, default=1, help="training seeds per model (train.seed, +1, ...)"
+    )
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)

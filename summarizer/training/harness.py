@@ -19,6 +19,7 @@ import numpy as np
 from summarizer.config import ModelSpec, TrainConfig
 from summarizer.data.histories import Histories, load_histories, temporal_split
 from summarizer.model.vista_model import VistaModel
+from summarizer.training import classic
 from summarizer.training.targets import Window
 from summarizer.training.train import evaluate, train
 
@@ -135,7 +136,7 @@ def online_flops_per_candidate(
 @dataclasses.dataclass
 class Row:
     model: str
-    auc: float
+    auc: float  # mean over the seeds
     logloss: float
     ne: float
     mae: float | None
@@ -145,6 +146,33 @@ class Row:
     epochs: int
     train_seconds: float
     val_auc: float
+    auc_min: float | None = None  # range over the seeds (None: one run)
+    auc_max: float | None = None
+    seeds: int = 1
+
+
+def classic_rows(
+    hist: Histories, t1: int, t2: int, cfg: TrainConfig, names: list[str]
+) -> list[Row]:
+    """The classic baselines (summarizer/training/classic.py) as rows of the table."""
+    rows = []
+    for r in classic.evaluate_classic(hist, t1, t2, cfg.eval_targets_per_user, names):
+        rows.append(
+            Row(
+                model=r.name,
+                auc=r.test.auc,
+                logloss=r.test.logloss,
+                ne=r.test.ne,
+                mae=None,
+                params=r.params,
+                dense_params=0,
+                online_mflops_per_candidate=r.online_mflops_per_candidate,
+                epochs=int(r.chosen.get("iterations", 0)),
+                train_seconds=r.seconds,
+                val_auc=r.val_auc,
+            )
+        )
+    return rows
 
 
 def run(
@@ -154,7 +182,11 @@ def run(
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     hist: Histories | None = None,
+    classic_names: list[str] | None = None,
+    seeds: int = 1,
 ) -> list[Row]:
+    """Train and test every variant on one temporal split (``seeds`` training seeds each:
+    the row's AUC is their mean, with the range), after the classic rows named."""
     t1, t2 = temporal_split(events_root)
     hist = load_histories(events_root) if hist is None else hist
     explicit = bool(np.any(~np.isnan(hist.weight)))
@@ -162,32 +194,43 @@ def run(
     # Mean history length of the test requests: what a full-history model must read online.
     test_lengths = [p for u in range(hist.n_users) for p in _test_positions(hist, u, test_w)]
     n_hist = float(np.mean(test_lengths)) if test_lengths else 0.0
-    rows = []
+    rows = classic_rows(hist, t1, t2, cfg, classic_names) if classic_names else []
+    if progress and rows:
+        print(format_table(rows))
     for v in variants:
         spec = v.spec.replace(rating_head=explicit)
-        vcfg = cfg if v.recon_weight is None else cfg.replace(recon_weight=v.recon_weight)
-        if progress:
-            print(f"== {v.name}")
-        import torch
+        runs = []
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            vcfg = cfg.replace(seed=seed)
+            if v.recon_weight is not None:
+                vcfg = vcfg.replace(recon_weight=v.recon_weight)
+            if progress:
+                print(f"== {v.name} (seed {seed})")
+            import torch
 
-        torch.manual_seed(cfg.seed)
-        model = VistaModel(spec)
-        res = train(model, hist, train_w, val_w, vcfg, progress=progress)
-        test = evaluate(res.model, hist, test_w, vcfg)
+            torch.manual_seed(seed)
+            model = VistaModel(spec)
+            res = train(model, hist, train_w, val_w, vcfg, progress=progress)
+            runs.append((res, evaluate(res.model, hist, test_w, vcfg)))
         total, dense = model.parameter_counts()
+        aucs = [t.auc for _, t in runs]
+        maes = [t.mae for _, t in runs if t.mae is not None]
         rows.append(
             Row(
                 model=v.name,
-                auc=test.auc,
-                logloss=test.logloss,
-                ne=test.ne,
-                mae=test.mae,
+                auc=float(np.mean(aucs)),
+                logloss=float(np.mean([t.logloss for _, t in runs])),
+                ne=float(np.mean([t.ne for _, t in runs])),
+                mae=float(np.mean(maes)) if maes else None,
                 params=total,
                 dense_params=dense,
                 online_mflops_per_candidate=online_flops_per_candidate(spec, n_hist) / 1e6,
-                epochs=res.epochs_run,
-                train_seconds=res.seconds,
-                val_auc=res.val.auc,
+                epochs=round(float(np.mean([r.epochs_run for r, _ in runs]))),
+                train_seconds=float(np.mean([r.seconds for r, _ in runs])),
+                val_auc=float(np.mean([r.val.auc for r, _ in runs])),
+                auc_min=min(aucs) if seeds > 1 else None,
+                auc_max=max(aucs) if seeds > 1 else None,
+                seeds=seeds,
             )
         )
         if progress:
@@ -208,15 +251,21 @@ def _test_positions(hist: Histories, u: int, w: Window) -> np.ndarray:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = "| model | AUC | logloss | NE | MAE | params (dense) | online MFLOP/cand | epochs | train s |"
+    head = (
+        "| model | AUC (range over seeds) | logloss | NE | MAE | params (dense) "
+        "| online MFLOP/cand | epochs | train s |"
+    )
     sep = "|---|---|---|---|---|---|---|---|---|"
     lines = [head, sep]
     for r in rows:
         mae = f"{r.mae:.4f}" if r.mae is not None else "-"
+        auc = f"{r.auc:.4f}"
+        if r.auc_min is not None and r.auc_max is not None:
+            auc += f" ({r.auc_min:.4f}-{r.auc_max:.4f}, {r.seeds} seeds)"
         lines.append(
-            f"| {r.model} | {r.auc:.4f} | {r.logloss:.4f} | {r.ne:.4f} | {mae} | "
-            f"{r.params / 1e6:.2f}M ({r.dense_params / 1e3:.0f}k) | {r.online_mflops_per_candidate:.3f} | "
-            f"{r.epochs} | {r.train_seconds:.0f} |"
+            f"| {r.model} | {auc} | {r.logloss:.4f} | {r.ne:.4f} | {mae} | "
+            f"{r.params / 1e6:.2f}M ({r.dense_params / 1e3:.0f}k) | "
+            f"{r.online_mflops_per_candidate:.3f} | {r.epochs} | {r.train_seconds:.0f} |"
         )
     return "\n".join(lines)
 
