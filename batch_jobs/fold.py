@@ -261,7 +261,10 @@ class PartitionFolder:
             [self.p.through_day] * n,
             kv_dtype=self.kv_dtype,
         )
-        summaries = summary_batch(ids, mv, tokens.numpy(), n_events, first, last, at)
+        moments = None
+        if self.summ.ridge is not None:  # the ridge read-out's moments travel with the tokens
+            moments = self.summ.moments_part(kv).reshape(n, -1).float().numpy()
+        summaries = summary_batch(ids, mv, tokens.numpy(), n_events, first, last, at, moments)
         staged = [
             self.store.stage_fragments(STATE, states),
             self.store.stage_fragments(SUMMARIES, summaries),

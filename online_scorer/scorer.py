@@ -139,7 +139,8 @@ class OnlineScorer:
             self.add_model(extra)
         spec = self._models[self.model_version].spec
         self.reader: SummaryReader = store.open_reader(refresh_interval_s=refresh_interval_s)
-        self.reader.expect_shape(spec.num_seeds, spec.d_model)
+        moments = (spec.ridge_dim + 1) * (spec.ridge_dim + 2) if spec.ridge_dim else 0
+        self.reader.expect_shape(spec.num_seeds, spec.d_model, moments)
         # The memory-bank reader is opened on first use: a scorer whose models have no GSU
         # never reads the bank table (opening it reads every user's id).
         self._refresh_interval_s = refresh_interval_s
@@ -388,6 +389,7 @@ class OnlineScorer:
                 ),
                 features=f,
                 bank=None if banks is None else banks[i],
+                moments=None if r.moments is None else torch.from_numpy(r.moments),
             )
             for i, (r, it, f) in enumerate(zip(summaries, items, features, strict=True))
         ]

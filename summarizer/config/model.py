@@ -84,6 +84,14 @@ class ModelSpec(Section):
         description="GSU picks in their own softmax (added to the summary attention) or in "
         "the summary tokens' softmax (stalled training, BENCHMARKS.md)",
     )
+    ridge_dim: int = Field(
+        0,
+        ge=0,
+        description="VISTA: width k of the ridge read-out's item vectors; the summary then "
+        "also keeps the history's second moments and each candidate reads the user's ridge "
+        "preference vector (summarizer/model/ridge.py); 0 = off",
+    )
+    ridge_l2: float = Field(1.0, gt=0, description="lambda of the ridge read-out's solve")
     gsu_gate: float | None = Field(
         None,
         description="a learnable per-head gate on the GSU's attention, started at this value "
@@ -101,6 +109,8 @@ class ModelSpec(Section):
             raise ValueError("kind 'sim' retrieves per candidate: gsu_k must be >= 1")
         if self.gsu_k and self.kind not in ("vista", "sim"):
             raise ValueError(f"gsu_k applies to kinds vista and sim, not {self.kind!r}")
+        if self.ridge_dim and self.kind != "vista":
+            raise ValueError(f"ridge_dim is a VISTA summary read-out, not for {self.kind!r}")
         if self.kind == "vista" and self.readout == "state":
             rows = self.num_layers * self.feature_dim
             if self.num_seeds != rows:

@@ -57,7 +57,13 @@ class TrainConfig(Section):
 
     epochs: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's, on every dense parameter")
+    item_lr: float | None = Field(
+        None, gt=0, description="learning rate of the sparse item tables (unset: lr)"
+    )
+    item_l2: float = Field(
+        0.0, ge=0, description="L2 on the item-table rows each batch looks up (sparse decay)"
+    )
     targets_per_user: int = Field(128, ge=1)
     batch_events: int = Field(200_000, ge=1)
     batch_requests: int = Field(256, ge=1)

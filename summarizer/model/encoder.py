@@ -142,6 +142,11 @@ class ItemEmbedding(nn.Module):
         h1, h2 = hash_ids(ids, self.buckets)
         return self.table_a(h1) + self.table_b(h2)
 
+    def squared_norm(self, ids: torch.Tensor) -> torch.Tensor:
+        """Squared L2 norm of the rows ``ids`` look up, both tables (n,)."""
+        h1, h2 = hash_ids(ids, self.buckets)
+        return self.table_a(h1).square().sum(-1) + self.table_b(h2).square().sum(-1)
+
 
 class EventEncoder(nn.Module):
     """item + action + time + weight -> d, then a residual MLP so item and action interact."""

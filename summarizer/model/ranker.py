@@ -51,6 +51,7 @@ class CandidateRanker(nn.Module):
         gsu_softmax: str = "separate",
         gsu_gate: float | None = None,
         state_tokens: int = 0,
+        ridge: bool = False,
     ) -> None:
         super().__init__()
         self.gsu_softmax = gsu_softmax
@@ -68,11 +69,18 @@ class CandidateRanker(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.o = nn.Linear(dim, dim)
+        # VISTA with a ridge read-out: each candidate's ridge score is one more MLP input
+        # and a learned multiple of it is added to the logit (and the rating).
+        self.ridge = ridge
         self.mlp = nn.Sequential(
-            nn.Linear(3 * dim + N_CONTEXT, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.GELU()
+            nn.Linear(3 * dim + N_CONTEXT + int(ridge), 2 * dim),
+            nn.GELU(),
+            nn.Linear(2 * dim, dim),
+            nn.GELU(),
         )
         self.logit = nn.Linear(dim, 1)
         self.rating = nn.Linear(dim, 1) if rating_head else None
+        self.ridge_scale = nn.Parameter(torch.ones(2)) if ridge else None
         # VISTA with readout="state": each candidate's weights over the K state-row tokens,
         # per head (read_state); None for every other model.
         self.state_tokens = state_tokens
@@ -136,6 +144,7 @@ class CandidateRanker(nn.Module):
         memory: GatheredMemory | None = None,
         q: torch.Tensor | None = None,
         state: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        ridge: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Jagged batch of requests -> (logits (M,), ratings (M,) or None).
 
@@ -143,7 +152,8 @@ class CandidateRanker(nn.Module):
         offsets (R+1,) for candidates and memory; context (R, 2); ``memory``: each
         candidate's gathered bank tokens; ``q``: ``queries(cand)`` if already computed
         (the GSU needs them first); ``state``: (tokens, cand_request) for ``read_state``
-        (readout "state"), added to the attention.
+        (readout "state"), added to the attention; ``ridge``: each candidate's ridge score
+        (M,) (a ridge read-out).
         """
         if q is None:
             q = self.queries(cand)
@@ -162,13 +172,28 @@ class CandidateRanker(nn.Module):
         if state is not None:
             attn = attn + self.read_state(cand, *state)
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)
-        return self.head(cand, attn.reshape(-1, self.dim), per_cand)
+        return self.head(cand, attn.reshape(-1, self.dim), per_cand, ridge)
 
     def head(
-        self, cand: torch.Tensor, attn: torch.Tensor, context: torch.Tensor
+        self,
+        cand: torch.Tensor,
+        attn: torch.Tensor,
+        context: torch.Tensor,
+        ridge: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-candidate MLP on (candidate, attended memory (M, d) before W_o, context (M, 2))."""
+        """Per-candidate MLP on (candidate, attended memory (M, d) before W_o, context (M, 2)
+        and, with a ridge read-out, the ridge score (M,))."""
         o = self.o(attn)
-        h = self.mlp(torch.cat([cand, o, cand * o, context], dim=1))
+        parts = [cand, o, cand * o, context]
+        if self.ridge_scale is not None:
+            if ridge is None:
+                raise ValueError("this ranker reads ridge scores: pass ridge=")
+            parts.append(ridge.unsqueeze(1))
+        h = self.mlp(torch.cat(parts, dim=1))
+        logit = self.logit(h).squeeze(1)
         rating = self.rating(h).squeeze(1) if self.rating is not None else None
-        return self.logit(h).squeeze(1), rating
+        if self.ridge_scale is not None and ridge is not None:
+            logit = logit + self.ridge_scale[0] * ridge
+            if rating is not None:  # ratings are predicted / 5 (encoder.WEIGHT_SCALE)
+                rating = rating + self.ridge_scale[1] * ridge / 5.0
+        return logit, rating

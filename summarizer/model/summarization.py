@@ -46,6 +46,7 @@ running maximum is needed.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from summarizer.model.encoder import EventBatch, EventEncoder, previous_times
+from summarizer.model.ridge import RidgeMemory
 
 FEATURE_MAPS = ("silu", "softmax", "seed")
 VALUE_MODES = ("projected", "events")
@@ -90,7 +92,9 @@ def _segment_previous_times(
 class SummaryState:
     """What a user's summary needs to absorb new events without re-reading old ones."""
 
-    kv: torch.Tensor  # float64 (L, H, F, D+1): sum of phi(k) (x) [v, 1]
+    # float64, VistaSummarizer.state_shape: sum of phi(k) (x) [v, 1] (L, H, F, D+1); with a
+    # ridge read-out, that flattened and then the history's second moments (ridge.py).
+    kv: torch.Tensor
     n_events: int
     first_ts: int | None
     last_ts: int | None
@@ -170,8 +174,10 @@ class VistaSummarizer(nn.Module):
         feature_map: str = "silu",
         values: str = "projected",
         readout: str = "transformer",
+        ridge: RidgeMemory | None = None,
     ) -> None:
         super().__init__()
+        self.ridge = ridge
         if dim % heads:
             raise ValueError(f"d_model {dim} is not divisible by num_heads {heads}")
         self.encoder = encoder
@@ -219,10 +225,32 @@ class VistaSummarizer(nn.Module):
         self.final_norm = nn.LayerNorm(dim) if seeded else None
 
     @property
-    def state_shape(self) -> tuple[int, int, int, int]:
+    def attention_shape(self) -> tuple[int, int, int, int]:
         # The last value column is a constant 1, so the state also carries each feature's
         # key mass sum_t phi(k_t) -- mergeable like the rest.
         return (self.layers, self.heads, self.state_rows, self.head_dim + 1)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The state buffer: the attention sums, and with a ridge read-out the second
+        moments after them in one flat vector (one array to store, fold and copy)."""
+        if self.ridge is None:
+            return self.attention_shape
+        return (math.prod(self.attention_shape) + math.prod(self.ridge.moments_shape),)
+
+    def attention_part(self, kv: torch.Tensor) -> torch.Tensor:
+        """The attention sums (..., L, H, F, D+1) of state buffers (..., *state_shape): a view."""
+        if self.ridge is None:
+            return kv
+        n = math.prod(self.attention_shape)
+        return kv[..., :n].view(*kv.shape[:-1], *self.attention_shape)
+
+    def moments_part(self, kv: torch.Tensor) -> torch.Tensor:
+        """The second moments (..., k+1, k+2) of state buffers (ridge read-out only): a view."""
+        if self.ridge is None:
+            raise ValueError("this summarizer has no ridge read-out (ModelSpec.ridge_dim == 0)")
+        n = math.prod(self.attention_shape)
+        return kv[..., n:].view(*kv.shape[:-1], *self.ridge.moments_shape)
 
     def empty_state(self) -> SummaryState:
         return SummaryState(torch.zeros(self.state_shape, dtype=torch.float64), 0, None, None)
@@ -263,7 +291,9 @@ class VistaSummarizer(nn.Module):
             chunk = events.slice(start, start + self.chunk_size)
             e = self.encoder(chunk, previous_times(chunk.ts, out.last_ts))
             phi_k, v = self.keys_values(e)
-            out.kv += torch.einsum("nlhf,nlhd->lhfd", phi_k, v).double()
+            self.attention_part(out.kv).add_(torch.einsum("nlhf,nlhd->lhfd", phi_k, v))
+            if self.ridge is not None:
+                self.moments_part(out.kv).add_(self.ridge.moments(chunk))
             out.n_events += len(chunk)
             lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
             out.first_ts = lo if out.first_ts is None else min(out.first_ts, lo)
@@ -315,6 +345,8 @@ class VistaSummarizer(nn.Module):
             prev = torch.from_numpy(_segment_previous_times(ts, starts, lengths, before))
             phi_k, v = self.keys_values(self.encoder(piece, prev))
             self._add_segment_sums(out, parts, starts, lengths, phi_k, v)
+            if self.ridge is not None:
+                self._add_segment_moments(out, parts, piece)
             t_min = np.minimum.reduceat(ts, starts).tolist()
             t_max = np.maximum.reduceat(ts, starts).tolist()
             for (i, a, b), t0, t1 in zip(parts, t_min, t_max, strict=True):
@@ -343,7 +375,9 @@ class VistaSummarizer(nn.Module):
         # without a float64 copy of the sums.
         for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one einsum each
             i, a, b = parts[j]
-            out[i].kv += torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b])
+            self.attention_part(out[i].kv).add_(
+                torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b])
+            )
         short = np.flatnonzero(bucket > 0)
         if not len(short):
             return
@@ -357,15 +391,30 @@ class VistaSummarizer(nn.Module):
             r = torch.from_numpy(rows)
             sums = torch.einsum("bplhf,bplhd->blhfd", phi_z[r], v_z[r])
             for k, j in enumerate(sel.tolist()):
-                out[parts[j][0]].kv += sums[k]
+                self.attention_part(out[parts[j][0]].kv).add_(sums[k])
+
+    def _add_segment_moments(
+        self, out: list[SummaryState], parts: list[tuple[int, int, int]], piece: EventBatch
+    ) -> None:
+        """out[i]'s second moments += those of its events in ``piece`` (ridge read-out)."""
+        assert self.ridge is not None
+        x, y = self.ridge.features(piece)
+        xy = torch.cat([x, y.unsqueeze(1)], 1)
+        for i, a, b in parts:
+            self.moments_part(out[i].kv).add_(x[a:b].T @ xy[a:b])
 
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
-        """States (B, L, H, F, D) and counts (B,) -> tokens (B, K, d). Differentiable."""
+        """State buffers (B, *state_shape) and counts (B,) -> tokens (B, K, d) (the ridge
+        read-out's moments are read by the candidates themselves). Differentiable."""
+        return self.readout_attention(self.attention_part(kv), n_events)
+
+    def readout_attention(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
+        """Attention sums (B, L, H, F, D+1) and counts (B,) -> tokens (B, K, d)."""
         B = kv.shape[0]
         step = max(1, READOUT_PASS_BYTES // (4 * self.num_seeds * self.dim))
         if step < B and not torch.is_grad_enabled():  # users are independent: in pieces
             parts = [
-                self.readout_batch(kv[i : i + step], n_events[i : i + step])
+                self.readout_attention(kv[i : i + step], n_events[i : i + step])
                 for i in range(0, B, step)
             ]
             return torch.cat(parts)

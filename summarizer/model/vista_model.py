@@ -31,6 +31,7 @@ from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.model.ranker import CandidateRanker, context_features
 from summarizer.model.reconstruction import ReconstructionDecoder
+from summarizer.model.ridge import RidgeMemory
 from summarizer.model.summarization import VistaSummarizer
 
 
@@ -42,8 +43,9 @@ class ScoringRequest:
     ``recent``: raw events since the summary (its last ``recent_window`` are attended with
     the tokens; ``recent_prev_ts`` is the time of the event before the first of them);
     ``bank``: the user's GSU memory bank, tokens (C, d) and sizes (C,) (None: one event
-    each), for models with a GSU; ``n_events``/``hours_since_last``: the request's
-    context (events behind the memory, hours since the last of them)."""
+    each), for models with a GSU; ``moments``: the summary's second moments, for models
+    with a ridge read-out; ``n_events``/``hours_since_last``: the request's context
+    (events behind the memory, hours since the last of them)."""
 
     item_ids: torch.Tensor  # int64 (m,)
     tokens: torch.Tensor | None
@@ -53,6 +55,9 @@ class ScoringRequest:
     recent: EventBatch | None = None
     recent_prev_ts: int | None = None
     bank: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    # Ridge read-out: the summary's second moments (k+1, k+2) (None: no history); every
+    # recent event is folded into them before the solve.
+    moments: torch.Tensor | None = None
 
 
 class VistaModel(nn.Module):
@@ -62,6 +67,11 @@ class VistaModel(nn.Module):
         d, h = spec.d_model, spec.num_heads
         self.items = ItemEmbedding(spec.item_buckets, d)
         self.encoder = EventEncoder(self.items, spec.num_actions, d)
+        self.ridge = (
+            RidgeMemory(spec.item_buckets, spec.ridge_dim, spec.ridge_l2)
+            if spec.kind == "vista" and spec.ridge_dim
+            else None
+        )
         self.ranker = CandidateRanker(
             self.items,
             d,
@@ -75,6 +85,7 @@ class VistaModel(nn.Module):
                 else None
             ),
             state_tokens=spec.num_seeds if spec.kind == "vista" and spec.readout == "state" else 0,
+            ridge=self.ridge is not None,
         )
         self.summarizer: VistaSummarizer | None = None
         self.recon: ReconstructionDecoder | None = None
@@ -96,6 +107,7 @@ class VistaModel(nn.Module):
                 spec.feature_map,
                 spec.values,
                 spec.readout,
+                self.ridge,
             )
             self.recon = ReconstructionDecoder(d, h)
         elif spec.kind == "linkedin":
@@ -115,10 +127,14 @@ class VistaModel(nn.Module):
 
     # ---- parameter accounting -------------------------------------------------------------
     def parameter_counts(self) -> tuple[int, int]:
-        """(all parameters, parameters outside the hashed item table)."""
+        """(all parameters, parameters outside the hashed item tables)."""
         total = sum(p.numel() for p in self.parameters())
-        table = sum(p.numel() for p in self.items.parameters())
+        table = sum(p.numel() for p in self.sparse_tables())
         return total, total - table
+
+    def sparse_tables(self) -> list[torch.Tensor]:
+        """The hashed item tables (sparse gradients: a step touches the batch's rows only)."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
     def mark_recent(self, encoded: torch.Tensor) -> torch.Tensor:
         """Tag encoded raw events so the ranker can tell them from summary tokens."""
@@ -189,9 +205,9 @@ class VistaModel(nn.Module):
     def memory(
         self, tokens: torch.Tensor | None, recent: EventBatch | None, prev_ts: int | None
     ) -> torch.Tensor:
-        """A request's memory: summary tokens (K, d) then its recent events (the last
-        ``recent_window`` events since the summary; ``prev_ts`` is the time of the
-        event before the first of them)."""
+        """A request's memory: summary tokens (K, d) then its recent events (of the events
+        since the summary, the last ``recent_window``; ``prev_ts`` is the time of the event
+        before the first given)."""
         return self._memory(tokens, recent, prev_ts)
 
     def _memory(
@@ -200,9 +216,10 @@ class VistaModel(nn.Module):
         parts = [] if tokens is None else [tokens.float()]
         w = self.spec.recent_window
         if recent is not None and len(recent) and w:
-            recent = (
-                recent.slice(max(0, len(recent) - w), len(recent)) if len(recent) > w else recent
-            )
+            if len(recent) > w:  # the last w; the gap of the first is to the latest dropped
+                dropped = int(recent.ts[: len(recent) - w].max())
+                prev_ts = dropped if prev_ts is None else max(prev_ts, dropped)
+                recent = recent.slice(len(recent) - w, len(recent))
             parts.append(self.mark_recent(self.encoder(recent, previous_times(recent.ts, prev_ts))))
         if not parts:
             return torch.zeros(0, self.spec.d_model)
@@ -219,6 +236,7 @@ class VistaModel(nn.Module):
         *,
         gathered: GatheredMemory | None = None,
         summaries: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        ridge: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage 2 over assembled memory: the one ranker call of serving
         (:meth:`score_requests`) and of the VISTA training forward
@@ -228,11 +246,21 @@ class VistaModel(nn.Module):
         request's tokens back to back (``memory_offsets`` (R+1,)); context (R, 2);
         ``gathered``: each candidate's GSU picks; ``summaries``: (tokens (K, d) of one
         request, None) or (tokens (R', K, d), each candidate's row) for the state read
-        (readout "state"; ignored by other read-outs). Returns (logits, ratings)."""
+        (readout "state"; ignored by other read-outs); ``ridge``: each candidate's ridge
+        score (M,) (a ridge read-out). Returns (logits, ratings)."""
         k, v = self.ranker.project_memory(memory)
         state = summaries if self.ranker.state_q is not None else None
         return self.ranker(
-            cand, k, v, q_offsets, memory_offsets, context, memory=gathered, q=q, state=state
+            cand,
+            k,
+            v,
+            q_offsets,
+            memory_offsets,
+            context,
+            memory=gathered,
+            q=q,
+            state=state,
+            ridge=ridge,
         )
 
     def score_requests(
@@ -290,8 +318,27 @@ class VistaModel(nn.Module):
             context,
             gathered=gathered,
             summaries=self._summary_rows(requests, counts),
+            ridge=self._ridge_scores(requests, counts, items),
         )
         return list(logits.split(counts))
+
+    def _ridge_scores(
+        self, requests: Sequence[ScoringRequest], counts: list[int], items: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Each candidate's ridge score: its request's moments (zeros: no history) with the
+        request's recent events folded in, solved, read with the candidate's item vector."""
+        if self.ridge is None:
+            return None
+        shape = self.ridge.moments_shape
+        moments = []
+        for r in requests:
+            m = torch.zeros(shape) if r.moments is None else r.moments.reshape(shape).float()
+            if r.recent is not None and len(r.recent):
+                m = m + self.ridge.moments(r.recent)
+            moments.append(m)
+        w = self.ridge.solve(torch.stack(moments))
+        per_cand = torch.repeat_interleave(w, torch.tensor(counts), dim=0)
+        return self.ridge.scores(per_cand, items)
 
     def _summary_rows(
         self, requests: Sequence[ScoringRequest], counts: list[int]

@@ -191,9 +191,10 @@ class SummaryStore:
         """The table's Arrow schema, with its vista.* metadata (K, d, model version...)."""
         return self.location.open(table).schema
 
-    def expect_shape(self, K: int, d: int) -> None:
-        """Raise ShapeMismatchError unless stored summaries are K x d (check at model load)."""
-        check_summary_shape(self.schema(SUMMARIES), K, d)
+    def expect_shape(self, K: int, d: int, moments: int = 0) -> None:
+        """Raise ShapeMismatchError unless stored summaries are K x d (with ``moments`` a row:
+        a ridge read-out's) -- the check at model load."""
+        check_summary_shape(self.schema(SUMMARIES), K, d, moments)
 
     # -- writes ----------------------------------------------------------------------------
     def stage_fragments(

@@ -33,13 +33,18 @@ import pyarrow.compute as pc
 from summarizer.store.errors import InvalidUserIdError, NoServingVersionError
 from summarizer.store.location import StoreLocation
 from summarizer.store.records import fixed_list_values
-from summarizer.store.schema import KEY, SUMMARIES, check_summary_shape, summary_shape
+from summarizer.store.schema import (
+    KEY,
+    SUMMARIES,
+    check_summary_shape,
+    summary_moments,
+    summary_shape,
+)
 
 SERVING_TAG = "serving"
 Lookup = Literal["take", "index"]
 _INT64_MAX = np.iinfo(np.int64).max
 _SCALARS = ["user_id", "model_version", "n_events", "first_ts", "last_ts", "computed_at"]
-_COLUMNS = [*_SCALARS, "tokens"]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ class SummaryResult:
     first_ts: int | None = None
     last_ts: int | None = None
     computed_at: dt.datetime | None = None
+    moments: np.ndarray | None = None  # float32 (m,): a ridge read-out's second moments
 
     @property
     def found(self) -> bool:
@@ -195,16 +201,22 @@ class _Snapshot:
     # (rows after deletions), so a read within one fragment skips dataset-level planning.
     fragments: tuple[Any, ...] = ()
     fragment_starts: np.ndarray | None = None
+    moments: int = 0  # second moments a row carries (a ridge read-out's summaries), or 0
 
-    def take_tokens(self, rows: np.ndarray) -> pa.ChunkedArray | pa.Array:
-        """The tokens column at sorted dataset row indices."""
+    @property
+    def payload(self) -> list[str]:
+        """The per-row arrays a read fetches: the tokens, and the moments if there are."""
+        return ["tokens", "moments"] if self.moments else ["tokens"]
+
+    def take_payload(self, rows: np.ndarray) -> pa.Table:
+        """The payload columns at sorted dataset row indices."""
         starts = self.fragment_starts
         if starts is not None and len(rows):
             first = int(np.searchsorted(starts, rows[0], side="right")) - 1
             if rows[-1] < starts[first + 1]:  # all in one fragment: about 2x faster
                 local = (rows - starts[first]).tolist()
-                return self.fragments[first].take(local, columns=["tokens"])["tokens"]
-        return self.ds.take(rows, columns=["tokens"])["tokens"]
+                return self.fragments[first].take(local, columns=self.payload)
+        return self.ds.take(rows, columns=self.payload)
 
 
 class SummaryReader:
@@ -258,15 +270,16 @@ class SummaryReader:
     def _load(self, version: int, tag: str | None) -> _Snapshot:
         ds = self.location.open(self.table, version=version)
         K, d = summary_shape(ds.schema)
+        m = summary_moments(ds.schema)
         # The take lookup keeps every user's small columns in memory (about 50 bytes a
         # user) so a read fetches only the tokens column: each extra column is one
         # more random read per row.
         if self.lookup != "take":
-            return _Snapshot(ds, version, tag, K, d, None)
+            return _Snapshot(ds, version, tag, K, d, None, moments=m)
         scalars = _Scalars.from_table(ds.to_table(columns=_SCALARS))
         fragments = tuple(ds.get_fragments())
         starts = np.cumsum([0, *(f.count_rows() for f in fragments)]).astype(np.int64)
-        return _Snapshot(ds, version, tag, K, d, scalars, fragments, starts)
+        return _Snapshot(ds, version, tag, K, d, scalars, fragments, starts, m)
 
     def refresh(self, force: bool = True) -> bool:
         """Re-read the tag now; swap to its version if it moved. True if the pin changed."""
@@ -313,44 +326,55 @@ class SummaryReader:
     def pinned_tag(self) -> str | None:
         return self._snap.tag
 
-    def expect_shape(self, K: int, d: int) -> None:
-        """Raise ShapeMismatchError unless the pinned summaries are K x d."""
-        check_summary_shape(self._snap.ds.schema, K, d)
+    def expect_shape(self, K: int, d: int, moments: int = 0) -> None:
+        """Raise ShapeMismatchError unless the pinned summaries are K x d (with ``moments``)."""
+        check_summary_shape(self._snap.ds.schema, K, d, moments)
 
     # -- reads ---------------------------------------------------------------------------
     def _read(
         self, snap: _Snapshot, ids: np.ndarray
-    ) -> tuple[_Scalars, np.ndarray, np.ndarray, np.ndarray]:
-        """(scalars, position of each id in them, found mask, tokens of the found ids)."""
+    ) -> tuple[_Scalars, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(scalars, position of each id in them, found mask, tokens and moments (None: the
+        table has none) of the found ids)."""
         if snap.scalars is not None:
             sc = snap.scalars
         else:
             wanted = pa.array(np.unique(ids), type=pa.int64())
-            table = snap.ds.to_table(columns=_COLUMNS, filter=pc.field(KEY).isin(wanted))
+            table = snap.ds.to_table(
+                columns=[*_SCALARS, *snap.payload], filter=pc.field(KEY).isin(wanted)
+            )
             sc = _Scalars.from_table(table)
         n = len(sc.user_id)
         pos = np.minimum(np.searchsorted(sc.user_id, ids), max(n - 1, 0))
         hit = sc.user_id[pos] == ids if n else np.zeros(len(ids), dtype=bool)
         rows = sc.row[pos[hit]]
-        shape = (-1, snap.K, snap.d)
         if not len(rows):
-            return sc, pos, hit, np.zeros((0, snap.K, snap.d), np.float16)
+            none = np.zeros((0, snap.moments), np.float32) if snap.moments else None
+            return sc, pos, hit, np.zeros((0, snap.K, snap.d), np.float16), none
         if snap.scalars is None:
-            return sc, pos, hit, fixed_list_values(table["tokens"], np.float16).reshape(shape)[rows]
-        # One read for the whole batch, of the tokens column only. take returns rows
+            tokens, moments = self._payload(snap, table)
+            return sc, pos, hit, tokens[rows], None if moments is None else moments[rows]
+        # One read for the whole batch, of the payload columns only. take returns rows
         # in the order asked: ask in sorted order, then map each id to its place.
         offsets = rows if len(rows) == 1 else np.unique(rows)
-        taken = snap.take_tokens(offsets)
-        tokens = fixed_list_values(taken, np.float16).reshape(shape)
+        tokens, moments = self._payload(snap, snap.take_payload(offsets))
         if len(offsets) == len(rows) and (len(rows) == 1 or np.array_equal(offsets, rows)):
-            return sc, pos, hit, tokens
-        return sc, pos, hit, tokens[np.searchsorted(offsets, rows)]
+            return sc, pos, hit, tokens, moments
+        at = np.searchsorted(offsets, rows)
+        return sc, pos, hit, tokens[at], None if moments is None else moments[at]
+
+    @staticmethod
+    def _payload(snap: _Snapshot, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+        tokens = fixed_list_values(table["tokens"], np.float16).reshape(-1, snap.K, snap.d)
+        if not snap.moments:
+            return tokens, None
+        return tokens, fixed_list_values(table["moments"], np.float32).reshape(-1, snap.moments)
 
     def get(self, user_ids: Any) -> SummaryBatch:
         """Summaries of one id or many, in one read; a status for each requested id."""
         ids = validate_user_ids(user_ids)
         snap = self._current()
-        sc, pos, hit, tokens = self._read(snap, ids)
+        sc, pos, hit, tokens, moments = self._read(snap, ids)
         fields = sc.values[pos[hit]].tolist()
         horizon_us = (self.clock() - self.max_age_s) * 1e6 if self.max_age_s > 0 else -np.inf
         results = []
@@ -370,6 +394,7 @@ class SummaryReader:
                     f[_FIRST] if f[_FIRST_OK] else None,
                     f[_LAST] if f[_LAST_OK] else None,
                     _EPOCH + dt.timedelta(microseconds=f[_COMPUTED_US]),
+                    None if moments is None else moments[j],
                 )
             )
             j += 1

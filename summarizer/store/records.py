@@ -21,6 +21,7 @@ from summarizer.store.schema import (
     kv_shape_of,
     state_schema,
     summaries_schema,
+    summary_moments,
     summary_shape,
 )
 
@@ -43,6 +44,7 @@ class SummaryRecord:
     first_ts: int | None
     last_ts: int | None
     computed_at: dt.datetime  # timezone-aware
+    moments: np.ndarray | None = None  # float32 (m,): a ridge read-out's second moments
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,13 @@ def summaries_to_batch(
     if K is None or d is None:
         K, d = np.asarray(records[0].tokens).shape
     mv = one_model_version(records, model_version)
+    with_moments = [r.moments is not None for r in records]
+    if any(with_moments) and not all(with_moments):
+        raise SchemaMismatchError("some summary records carry moments and some do not")
+    moments = None
+    if records and with_moments[0]:
+        size = int(np.asarray(records[0].moments).size)
+        moments = _stack(records, "moments", (size,), np.float32)
     return summary_batch(
         [r.user_id for r in records],
         mv,
@@ -149,6 +158,7 @@ def summaries_to_batch(
         [r.first_ts for r in records],
         [r.last_ts for r in records],
         [r.computed_at for r in records],
+        moments,
     )
 
 
@@ -160,10 +170,12 @@ def summary_batch(
     first_ts: Sequence[int | None],
     last_ts: Sequence[int | None],
     computed_at: Sequence[dt.datetime],
+    moments: np.ndarray | None = None,
 ) -> pa.RecordBatch:
     """Columns -> one record batch with the summaries schema: what a batch job that holds
     its users' tokens as one (n, K, d) array writes, without a record object per user
-    (one publish holds one model version: ``model_version`` on every row)."""
+    (one publish holds one model version: ``model_version`` on every row). ``moments``
+    (n, m): a ridge read-out's second moments, stored in float32."""
     n, K, d = tokens.shape
     mv = [model_version] * n
     arrays = [
@@ -175,7 +187,12 @@ def summary_batch(
         pa.array(last_ts, type=pa.int64()),
         timestamps_array(computed_at, "computed_at"),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=summaries_schema(K, d, model_version))
+    size = 0
+    if moments is not None:
+        size = int(np.prod(moments.shape[1:]))
+        arrays.append(fixed_lists(moments.reshape(n, size), size, np.float32))
+    schema = summaries_schema(K, d, model_version, size)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def fixed_list_values(column: pa.ChunkedArray | pa.Array, dtype: Any) -> np.ndarray:
@@ -201,7 +218,10 @@ def summaries_from_table(table: pa.Table | pa.RecordBatch) -> list[SummaryRecord
     """A summaries table (or batch) -> records, tokens as float16 (K, d) arrays."""
     K, d = summary_shape(table.schema)
     tokens = fixed_list_values(table.column("tokens"), np.float16).reshape(-1, K, d)
-    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name != "tokens"}
+    lists = ("tokens", "moments")
+    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name not in lists}
+    m = summary_moments(table.schema)
+    moments = fixed_list_values(table.column("moments"), np.float32).reshape(-1, m) if m else None
     return [
         SummaryRecord(
             cols["user_id"][i],
@@ -211,6 +231,7 @@ def summaries_from_table(table: pa.Table | pa.RecordBatch) -> list[SummaryRecord
             cols["first_ts"][i],
             cols["last_ts"][i],
             cols["computed_at"][i],
+            None if moments is None else moments[i],
         )
         for i in range(table.num_rows)
     ]

@@ -38,6 +38,9 @@ META_K = "vista.K"
 META_D = "vista.d"
 META_C = "vista.C"
 META_KV_SHAPE = "vista.kv_shape"
+# Summaries of models with a ridge read-out also carry the summary's second moments:
+# float32, this many values per row ((k+1) x (k+2)); absent or "0": no such column.
+META_MOMENTS = "vista.moments"
 # The state's storage precision, float32 for new tables: the fold runs in float64 in
 # memory and rounds once per stored day (relative 6e-8, far below the float16 tokens
 # served); half the bytes a batch job reads and writes per touched user. State tables
@@ -60,21 +63,31 @@ def _meta(table: str, model_version: str, **extra: str) -> dict[str, str]:
     return {META_TABLE: table, META_FORMAT: FORMAT_VERSION, META_MODEL: model_version, **extra}
 
 
-def summaries_schema(K: int, d: int, model_version: str) -> pa.Schema:
-    """Schema of the serving table for K tokens of width d."""
+def summaries_schema(K: int, d: int, model_version: str, moments: int = 0) -> pa.Schema:
+    """Schema of the serving table for K tokens of width d (and, for a ridge read-out,
+    ``moments`` float32 second moments a row, in float32: the request folds recent events
+    into them, so float16 would not do)."""
     _check_positive(K=K, d=d)
-    return pa.schema(
-        [
-            pa.field("user_id", pa.int64(), nullable=False),
-            pa.field("model_version", pa.string(), nullable=False),
-            pa.field("tokens", pa.list_(pa.float16(), K * d), nullable=False),
-            pa.field("n_events", pa.int64(), nullable=False),
-            pa.field("first_ts", pa.int64()),
-            pa.field("last_ts", pa.int64()),
-            pa.field("computed_at", UTC_US, nullable=False),
-        ],
-        metadata=_meta(SUMMARIES, model_version, **{META_K: str(K), META_D: str(d)}),
-    )
+    fields = [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("tokens", pa.list_(pa.float16(), K * d), nullable=False),
+        pa.field("n_events", pa.int64(), nullable=False),
+        pa.field("first_ts", pa.int64()),
+        pa.field("last_ts", pa.int64()),
+        pa.field("computed_at", UTC_US, nullable=False),
+    ]
+    meta = {META_K: str(K), META_D: str(d)}
+    if moments:
+        _check_positive(moments=moments)
+        fields.append(pa.field("moments", pa.list_(pa.float32(), moments), nullable=False))
+        meta[META_MOMENTS] = str(moments)
+    return pa.schema(fields, metadata=_meta(SUMMARIES, model_version, **meta))
+
+
+def summary_moments(schema: pa.Schema) -> int:
+    """Second moments a summary row carries (0: none)."""
+    return int(metadata_of(schema).get(META_MOMENTS, "0"))
 
 
 def state_schema(
@@ -185,14 +198,18 @@ def model_version_of(schema: pa.Schema) -> str | None:
     return metadata_of(schema).get(META_MODEL)
 
 
-def check_summary_shape(schema: pa.Schema, K: int, d: int) -> None:
-    """Raise ShapeMismatchError unless the stored tokens are K x d."""
+def check_summary_shape(schema: pa.Schema, K: int, d: int, moments: int = 0) -> None:
+    """Raise ShapeMismatchError unless the stored tokens are K x d (and the rows carry the
+    ``moments`` a ridge read-out needs)."""
     have_K, have_d = summary_shape(schema)
-    if (have_K, have_d) != (K, d):
+    have_m = summary_moments(schema)
+    if (have_K, have_d, have_m) != (K, d, moments):
+        extra = f" and {have_m} moments a row" if have_m or moments else ""
+        want = f" and {moments} moments" if have_m or moments else ""
         raise ShapeMismatchError(
-            f"the store holds summaries of K={have_K} tokens of width d={have_d}, but the "
-            f"model makes K={K}, d={d}; publish this model's summaries to another store.uri "
-            "(or re-summarize everyone with it) before serving it"
+            f"the store holds summaries of K={have_K} tokens of width d={have_d}{extra}, but "
+            f"the model makes K={K}, d={d}{want}; publish this model's summaries to another "
+            "store.uri (or re-summarize everyone with it) before serving it"
         )
 
 

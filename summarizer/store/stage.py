@@ -48,6 +48,7 @@ from summarizer.store.schema import (
     model_version_of,
     state_schema,
     summaries_schema,
+    summary_moments,
     summary_shape,
 )
 
@@ -103,7 +104,7 @@ def canonical_schema(table: str, metadata: dict[str, str]) -> pa.Schema:
     mv = metadata.get(META_MODEL, "")
     if table == SUMMARIES:
         K, d = int(metadata["vista.K"]), int(metadata["vista.d"])
-        return summaries_schema(K, d, mv)
+        return summaries_schema(K, d, mv, summary_moments(probe))
     if table == STATE:
         return state_schema(kv_shape_of(probe), mv, kv_dtype_of(probe))
     C, d = memory_bank_shape(probe)
@@ -187,7 +188,7 @@ def check_against_table(
     table: str, existing: pa.Schema, target: pa.Schema, location: StoreLocation
 ) -> None:
     if table == SUMMARIES:
-        check_summary_shape(existing, *summary_shape(target))
+        check_summary_shape(existing, *summary_shape(target), summary_moments(target))
     check_columns(existing, target, f"table '{table}' at {location.table_uri(table)}")
 
 

@@ -58,13 +58,25 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     if model.spec.uses_memory_bank:  # the bank holds what the summary holds: events before it
         sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
         gathered = causal_gsu(model, e, q, batch, sp)
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    cand_req = torch.repeat_interleave(torch.arange(batch.req_pos.numel()), n_per_req)
     summaries = None
     if model.ranker.state_q is not None:  # readout "state": each candidate reads its rows
-        n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-        per_cand = torch.repeat_interleave(torch.arange(batch.req_pos.numel()), n_per_req)
-        summaries = (tokens, inverse[per_cand])
+        summaries = (tokens, inverse[cand_req])
+    ridge = None
+    if model.ridge is not None:  # the summary's moments and every event since, solved
+        w = model.ridge.solve(request_moments(model, batch))
+        ridge = model.ridge.scores(w[cand_req], batch.cand_item)
     logits, ratings = model.rank(
-        cand, q, mem, batch.cand_offsets, mem_offs, ctx, gathered=gathered, summaries=summaries
+        cand,
+        q,
+        mem,
+        batch.cand_offsets,
+        mem_offs,
+        ctx,
+        gathered=gathered,
+        summaries=summaries,
+        ridge=ridge,
     )
     recon_loss = None
     if recon and model.recon is not None:
@@ -96,7 +108,7 @@ def _vista_readouts(
         0, u_of, starts, reduce="amax"
     )
     needed = (cuts[1:] <= last_start[chunk_user]).tolist()
-    shape = summ.state_shape
+    shape = summ.attention_shape
     sums = [
         torch.einsum("nlhf,nlhd->lhfd", ck, cv) if need else phi_k.new_zeros(shape)
         for ck, cv, need in zip(phi_k.split(lengths), v.split(lengths), needed, strict=True)
@@ -108,7 +120,28 @@ def _vista_readouts(
     end = torch.searchsorted(cuts, starts)  # chunks before cut index end lie before the summary
     begin = torch.searchsorted(cuts, offsets[:-1][u_of])
     kv = csum[end] - csum[begin]  # (S, L, H, F, D+1), ordered like uniq
-    return summ.readout_batch(kv, p_of), torch.stack([u_of, p_of], 1), inverse
+    return summ.readout_attention(kv, p_of), torch.stack([u_of, p_of], 1), inverse
+
+
+def request_moments(model: VistaModel, batch: TargetBatch) -> torch.Tensor:
+    """Each request's second moments (R, k+1, k+2) over its user's events before it (the
+    summary's and the recent ones: what serving folds), from chunk sums and one cumulative
+    sum, as the read-outs' states are (differentiable: the item vectors and biases learn)."""
+    assert model.ridge is not None
+    x, y = model.ridge.features(batch.events)
+    xy = torch.cat([x, y.unsqueeze(1)], 1)
+    offsets = batch.offsets
+    starts = offsets[:-1][batch.req_user] + batch.req_pos  # (R,) global, non-decreasing
+    cuts = torch.unique(torch.cat([offsets, starts]))
+    lengths = (cuts[1:] - cuts[:-1]).tolist()
+    sums = torch.stack(
+        [a.T @ b for a, b in zip(x.split(lengths), xy.split(lengths), strict=True)]
+        or [x.new_zeros(*model.ridge.moments_shape)]
+    ).double()
+    csum = torch.cat([sums.new_zeros(1, *sums.shape[1:]), torch.cumsum(sums, 0)])
+    end = torch.searchsorted(cuts, starts)
+    begin = torch.searchsorted(cuts, offsets[:-1][batch.req_user])
+    return csum[end] - csum[begin]
 
 
 def _vista_memory(

@@ -34,12 +34,14 @@ class Variant:
 
 
 GSU_K = 32  # memory tokens per candidate in the GSU rows
+RIDGE_K = 32  # item-vector width of the ridge read-out rows
 
 
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
     def spec(**kw: object) -> ModelSpec:
-        # The GSU only where a row asks for it (a configured gsu_k would not fit DIN & co.).
-        return base.replace(**{"gsu_k": 0, **kw})
+        # The GSU and the ridge read-out only where a row asks for them (configured ones
+        # would not fit DIN & co.).
+        return base.replace(**{"gsu_k": 0, "ridge_dim": 0, **kw})
 
     rows = base.num_layers * base.feature_dim  # the state read-out's token count
 
@@ -53,6 +55,10 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         ),
         Variant("full-history target attention", spec(kind="full")),
         Variant("VISTA K=16", spec(kind="vista", num_seeds=16)),
+        Variant(
+            f"VISTA K=16 + ridge read-out k={RIDGE_K}",
+            spec(kind="vista", num_seeds=16, ridge_dim=RIDGE_K),
+        ),
         Variant("VISTA K=64", spec(kind="vista", num_seeds=64)),
         Variant("VISTA K=128", spec(kind="vista", num_seeds=128)),
         Variant(
@@ -117,6 +123,9 @@ def online_flops_per_candidate(
         shared = attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
         if spec.readout == "state":  # the candidate's weights (d -> H*K) and its read of K rows
             shared += 2 * d * spec.num_heads * spec.num_seeds + 2 * spec.num_seeds * d
+        if spec.ridge_dim:  # the request's solve (its recent events folded in), then a dot
+            k1 = spec.ridge_dim + 1
+            shared += 2 * k1 + (k1**3 / 3 + 2 * k1 * k1 * min(spec.recent_window, n_history)) / m
         return ranker + shared + gsu
     if spec.kind == "din":
         return ranker + attend(k) + (kv_proj(k) + encode(k)) / m

@@ -41,6 +41,13 @@ def batch_loss(
     if out.recon_loss is not None:
         loss = loss + cfg.recon_weight * out.recon_loss
         parts["recon"] = float(out.recon_loss.detach())
+    if cfg.item_l2:
+        # L2 on the item rows this batch looked up (the table is sparse: weight decay on it
+        # would touch every row every step): shrinks rarely seen items toward zero.
+        ids = torch.cat([batch.events.item_id, batch.cand_item])
+        l2 = model.items.squared_norm(ids).mean()
+        loss = loss + cfg.item_l2 * l2
+        parts["item_l2"] = float(l2.detach())
     return loss, parts
 
 
@@ -100,15 +107,15 @@ class TrainResult:
 
 
 def _is_sparse_table(model: VistaModel, p: torch.nn.Parameter) -> bool:
-    return any(p is q for q in model.items.parameters())
+    return any(p is q for q in model.sparse_tables())
 
 
 def make_optimizers(model: VistaModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """SparseAdam for the hashed item tables (rows touched by the batch only), AdamW for the rest."""
-    table = list(model.items.parameters())
+    table = model.sparse_tables()
     dense = [p for p in model.parameters() if not _is_sparse_table(model, p)]
     return [
-        torch.optim.SparseAdam(table, lr=cfg.lr),
+        torch.optim.SparseAdam(table, lr=cfg.item_lr or cfg.lr),
         torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
     ]
 
@@ -128,6 +135,10 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    if model.ridge is not None:  # the ridge read-out's responses are centred on the data's
+        in_window = (hist.ts >= train_window.start) & (hist.ts < train_window.end)
+        r = np.where(np.isnan(hist.weight), hist.labels, hist.weight)[in_window]
+        model.ridge.set_mean_response(float(r.mean()) if len(r) else 0.0)
     optimizers = make_optimizers(model, cfg)
     dense_params = [p for p in model.parameters() if not _is_sparse_table(model, p)]
     item_pool = np.unique(hist.item_id) if cfg.negatives else None

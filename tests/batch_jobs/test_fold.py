@@ -60,10 +60,19 @@ def _user_events(table: pa.Table, uid: int) -> EventBatch:
     )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Any]:
+@pytest.fixture(scope="module", params=["attention", "ridge"])
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[str, str, Any]:
+    """The default state, and one that also carries a ridge read-out's second moments (its
+    tables drawn at random so that they matter)."""
     torch.manual_seed(0)
-    model = VistaModel(ModelSpec(**SPEC, chunk_size=16))
+    ridge = 4 if request.param == "ridge" else 0
+    model = VistaModel(ModelSpec(**SPEC, chunk_size=16, ridge_dim=ridge))
+    if model.ridge is not None:
+        for table in (model.ridge.vec_a, model.ridge.vec_b, model.ridge.bias):
+            torch.nn.init.normal_(table.weight, std=0.3)
+        model.ridge.set_mean_response(0.4)
     path = tmp_path_factory.mktemp("fold-model") / "model"
     artifacts.save(model, path)
     loaded, version = artifacts.load(path)
@@ -131,6 +140,11 @@ def _check(
         with torch.no_grad():
             tokens = summ.readout(want).numpy()
         np.testing.assert_allclose(res.tokens.astype(np.float32), tokens, rtol=2e-3, atol=2e-3)
+        if summ.ridge is None:
+            assert res.moments is None
+        else:  # the serving row carries the moments (float32) for requests to fold into
+            m = summ.moments_part(want.kv).reshape(-1).numpy()
+            np.testing.assert_allclose(res.moments, m, rtol=1e-5, atol=1e-5 * np.abs(m).max())
 
 
 @pytest.mark.parametrize("stored", ["float32", "float64"])

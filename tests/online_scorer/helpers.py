@@ -10,7 +10,7 @@ import torch
 
 from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch
-from summarizer.model.vista_model import VistaModel
+from summarizer.model.vista_model import ScoringRequest, VistaModel
 from summarizer.store import SummaryRecord
 
 SPEC = ModelSpec(
@@ -47,6 +47,9 @@ def stored_summaries(
             None,
         )
         state, tokens = summ.summarize(events)
+        moments = None
+        if summ.ridge is not None:
+            moments = summ.moments_part(state.kv).reshape(-1).numpy().astype(np.float32)
         out.append(
             SummaryRecord(
                 u,
@@ -56,6 +59,7 @@ def stored_summaries(
                 state.first_ts,
                 state.last_ts,
                 T0,
+                moments,
             )
         )
     return out
@@ -63,12 +67,23 @@ def stored_summaries(
 
 # The state read-out (tokens = the state's rows, read by each candidate): 1 layer x 8 features.
 STATE_SPEC = SPEC.replace(values="events", readout="state")
+RIDGE_SPEC = SPEC.replace(ridge_dim=4)
+
+
+def randomize_ridge(model: VistaModel) -> None:
+    """Draw a ridge read-out's tables at random (they start near zero): the tests then see
+    its scores move."""
+    if model.ridge is not None:
+        for table in (model.ridge.vec_a, model.ridge.vec_b, model.ridge.bias):
+            torch.nn.init.normal_(table.weight, std=0.3)
+        model.ridge.set_mean_response(0.3)
 
 
 def expected_scores(w: dict[str, Any], rec: SummaryRecord | None, items: list[int]) -> np.ndarray:
-    """The model's own scoring of these tokens (float16 as stored)."""
+    """The model's own scoring of these tokens (float16 as stored) and moments."""
     tokens = None if rec is None else torch.from_numpy(rec.tokens.astype(np.float32))
     n = 0 if rec is None else rec.n_events
     hours = 0.0 if rec is None else (w["clock"]() - rec.last_ts) / 3600.0
-    logits = w["model"].score_tokens(tokens, torch.tensor(items), None, n, hours)
-    return torch.sigmoid(logits).numpy()
+    moments = None if rec is None or rec.moments is None else torch.from_numpy(rec.moments)
+    request = ScoringRequest(torch.tensor(items), tokens, n, hours, moments=moments)
+    return torch.sigmoid(w["model"].score_request(request)).numpy()

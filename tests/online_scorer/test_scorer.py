@@ -16,19 +16,22 @@ from summarizer.model import artifacts
 from summarizer.model.vista_model import VistaModel
 from summarizer.store import SummaryStatus, SummaryStore
 from tests.online_scorer.helpers import (
+    RIDGE_SPEC,
     SPEC,
     STATE_SPEC,
     USERS,
     Clock,
     expected_scores,
+    randomize_ridge,
     stored_summaries,
 )
 
 
-@pytest.fixture(params=[SPEC, STATE_SPEC], ids=["vista", "vista-state"])
+@pytest.fixture(params=[SPEC, STATE_SPEC, RIDGE_SPEC], ids=["vista", "vista-state", "vista-ridge"])
 def world(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     torch.manual_seed(0)
     model = VistaModel(request.param).eval()
+    randomize_ridge(model)
     version = artifacts.save(model, tmp_path / "model")
     model, _ = artifacts.load(tmp_path / "model")
     clock = Clock()

@@ -116,13 +116,13 @@ def test_readout_without_gradients_in_pieces_equals_one_pass(
     whole = summ.readout_batch(kv, n).detach()  # gradients on: one pass
     monkeypatch.setattr(summarization, "READOUT_PASS_BYTES", 3 * 4 * summ.num_seeds * summ.dim)
     calls = []
-    inner = type(summ).readout_batch
+    inner = type(summ).readout_attention
 
     def counted(self: VistaSummarizer, kv: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         calls.append(len(kv))
         return inner(self, kv, n)
 
-    monkeypatch.setattr(type(summ), "readout_batch", counted)
+    monkeypatch.setattr(type(summ), "readout_attention", counted)
     with torch.no_grad():
         pieces = summ.readout_batch(kv, n)
     assert calls == [10, 3, 3, 3, 1]

@@ -29,18 +29,18 @@ def test_training_path_equals_serving_path(model: VistaModel) -> None:
             model, one_user_batch(events, positions, cands, now, summary_pos)
         ).logits
     served = []
-    w = model.spec.recent_window
     for p, sp, c in zip(positions, summary_pos, cands, strict=True):
         state = summ.fold(summ.empty_state(), events.slice(0, sp))
-        first = max(sp, p - w)
-        prev = int(events.ts[first - 1]) if first > 0 else None
+        # Serving is given every event since the summary: it attends to the last
+        # recent_window of them and folds them all into a ridge read-out's moments.
         request = ScoringRequest(
             torch.tensor(c),
             summ.readout(state),
             n_events=p,
             hours_since_last=(now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0,
-            recent=events.slice(first, p),
-            recent_prev_ts=prev,
+            recent=events.slice(sp, p),
+            recent_prev_ts=int(events.ts[sp - 1]) if sp > 0 else None,
+            moments=None if summ.ridge is None else summ.moments_part(state.kv),
         )
         served.append(model.score_request(request))
     assert torch.allclose(train_logits, torch.cat(served), atol=1e-4)
