@@ -375,9 +375,7 @@ class VistaSummarizer(nn.Module):
         # without a float64 copy of the sums.
         for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one einsum each
             i, a, b = parts[j]
-            self.attention_part(out[i].kv).add_(
-                torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b])
-            )
+            self.attention_part(out[i].kv).add_(torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b]))
         short = np.flatnonzero(bucket > 0)
         if not len(short):
             return

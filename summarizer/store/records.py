@@ -219,7 +219,9 @@ def summaries_from_table(table: pa.Table | pa.RecordBatch) -> list[SummaryRecord
     K, d = summary_shape(table.schema)
     tokens = fixed_list_values(table.column("tokens"), np.float16).reshape(-1, K, d)
     lists = ("tokens", "moments")
-    cols = {name: table.column(name).to_pylist() for name in table.schema.names if name not in lists}
+    cols = {
+        name: table.column(name).to_pylist() for name in table.schema.names if name not in lists
+    }
     m = summary_moments(table.schema)
     moments = fixed_list_values(table.column("moments"), np.float32).reshape(-1, m) if m else None
     return [
