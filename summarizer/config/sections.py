@@ -9,7 +9,7 @@ takes :class:`TrainConfig`, TWIN-V2 clustering takes :class:`ClusterParams`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -69,6 +69,14 @@ class TrainConfig(Section):
     batch_requests: int = Field(256, ge=1)
     recon_weight: float = Field(0.1, ge=0)
     rating_weight: float = Field(0.2, ge=0)
+    pretrain_items: Literal["none", "mf"] = Field(
+        "mf",
+        description="start a ridge read-out's item vectors from MF of the training window "
+        "(summarizer/training/pretrain.py) or at random",
+    )
+    ridge_weight: float = Field(
+        1.0, ge=0, description="weight of the ridge read-out's own MSE on the response"
+    )
     negatives: int = Field(0, ge=0, description="sampled negatives per target (implicit data)")
     patience: int = Field(2, ge=1)
     eval_targets_per_user: int = Field(64, ge=1)

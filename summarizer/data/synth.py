@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,8 @@ def generate(
             part += 1
         pending, pending_rows = [], 0
 
-    for prof in tqdm(all_profiles, desc="synth", unit="user", disable=not progress):
+    bar = not progress or not sys.stderr.isatty()  # a bar on a terminal only
+    for prof in tqdm(all_profiles, desc="synth", unit="user", disable=bar):
         table = generate_user(cfg, prof)
         pending.append(table)
         pending_rows += table.num_rows

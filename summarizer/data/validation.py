@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -288,6 +289,8 @@ def validate_dataset(
         raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {events_dir}")
     reports = [
         validate_day(events_dir, d, valid_dir, quarantine_dir, num_actions, max_clock_skew_s, now)
-        for d in tqdm(todo, desc="validate", unit="day", disable=not progress)
+        for d in tqdm(
+            todo, desc="validate", unit="day", disable=not progress or not sys.stderr.isatty()
+        )
     ]
     return ValidationReport(days=reports, seconds=time.perf_counter() - t0)

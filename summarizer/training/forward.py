@@ -28,6 +28,7 @@ class BatchOutput:
     logits: torch.Tensor  # (C,)
     ratings: torch.Tensor | None  # (C,)
     recon_loss: torch.Tensor | None
+    ridge: torch.Tensor | None = None  # (C,) the ridge read-out's scores (deviations)
 
 
 def request_context(batch: TargetBatch) -> torch.Tensor:
@@ -81,7 +82,7 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     recon_loss = None
     if recon and model.recon is not None:
         recon_loss = _reconstruction_loss(model, tokens, sum_pos, e, batch)
-    return BatchOutput(logits, ratings, recon_loss)
+    return BatchOutput(logits, ratings, recon_loss, ridge)
 
 
 def _vista_readouts(

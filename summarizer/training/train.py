@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 
 import numpy as np
@@ -41,6 +42,16 @@ def batch_loss(
     if out.recon_loss is not None:
         loss = loss + cfg.recon_weight * out.recon_loss
         parts["recon"] = float(out.recon_loss.detach())
+    if out.ridge is not None and cfg.ridge_weight and model.ridge is not None:
+        # The ridge read-out's own fit: its score predicts the candidate's response (rating,
+        # else the label) around the mean, so its tables learn whatever the MLP does.
+        response = torch.where(
+            torch.isnan(batch.cand_rating), batch.cand_label, batch.cand_rating
+        ).double()
+        target = (response - model.ridge.mean_response).float()
+        mse = F.mse_loss(out.ridge, target)
+        loss = loss + cfg.ridge_weight * mse
+        parts["ridge_mse"] = float(mse.detach())
     if cfg.item_l2:
         # L2 on the item rows this batch looked up (the table is sparse: weight decay on it
         # would touch every row every step): shrinks rarely seen items toward zero.
@@ -139,6 +150,14 @@ def train(
         in_window = (hist.ts >= train_window.start) & (hist.ts < train_window.end)
         r = np.where(np.isnan(hist.weight), hist.labels, hist.weight)[in_window]
         model.ridge.set_mean_response(float(r.mean()) if len(r) else 0.0)
+        if cfg.pretrain_items == "mf":
+            from summarizer.training.pretrain import init_ridge_from_mf
+
+            chosen = init_ridge_from_mf(
+                model, hist, train_window, val_window, cfg.eval_targets_per_user, cfg.seed
+            )
+            if progress:
+                print(f"ridge read-out started from MF item vectors: {chosen}")
     optimizers = make_optimizers(model, cfg)
     dense_params = [p for p in model.parameters() if not _is_sparse_table(model, p)]
     item_pool = np.unique(hist.item_id) if cfg.negatives else None
@@ -156,7 +175,8 @@ def train(
         bar = tqdm(
             iter_batches(hist, targets, cfg, rng, item_pool, banks),
             desc=f"epoch {epoch}",
-            disable=not progress,
+            # A bar on a terminal only: a log gets the one line per epoch below.
+            disable=not progress or not sys.stderr.isatty(),
             leave=False,
         )
         for batch in bar:

@@ -1,0 +1,66 @@
+"""The ridge read-out started from MF item vectors reads exactly the MF fold-in baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from summarizer.config import ModelSpec
+from summarizer.model.encoder import EventBatch
+from summarizer.model.vista_model import VistaModel
+from summarizer.training import classic
+from summarizer.training.metrics import auc_score
+from summarizer.training.pretrain import init_ridge_from_mf
+from summarizer.training.targets import Window
+from tests.summarizer.training.test_classic import tiny
+
+
+def test_a_ridge_read_out_from_mf_vectors_is_the_fold_in_baseline() -> None:
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(40):
+        g = u % 2
+        picks = rng.choice(30, 18, replace=False)
+        rows.append([(int(i), 5.0 if (i % 2) == g else 1.0) for i in picks])
+    hist = tiny(rows, t0=0)
+    hist.ts[:] = np.concatenate(
+        [np.r_[np.arange(12), 1000 + np.arange(3), 2000 + np.arange(3)] for _ in range(40)]
+    )
+    spec = ModelSpec(num_seeds=4, d_model=16, num_heads=2, item_buckets=1 << 12, ridge_dim=3)
+    model = VistaModel(spec.replace(num_actions=8, ridge_l2=2.0)).eval()
+    ridge = model.ridge
+    assert ridge is not None
+    t1, t2 = 1000, 2000
+    r = classic.response(hist)
+    ridge.set_mean_response(float(r[hist.ts < t1].mean()))
+    chosen = init_ridge_from_mf(model, hist, Window(-(2**62), t1), Window(t1, t2), per_user=3)
+    # The same fit again (deterministic), to compare with the baseline's fold-in.
+    val_t = classic.Targets.of(hist, Window(t1, t2), 3)
+    yv = hist.labels[val_t.idx]
+    fit, _ = classic.fit_mf(
+        hist,
+        t1,
+        3,
+        chosen["mf_l2"],
+        lambda f: auc_score(yv, f.score(val_t.user, hist.item_id[val_t.idx])),
+    )
+    test_t = classic.Targets.of(hist, Window(t2, 2**62), 3)
+    want = classic.fold_in_scores(dataclasses.replace(fit, lam=2.0), hist, test_t) - fit.mu
+    summ = model.require_summarizer()
+    got = []
+    for u, p in zip(test_t.user, test_t.pos, strict=True):
+        a = int(hist.offsets[u])
+        ev = EventBatch.from_numpy(
+            hist.item_id[a : a + p],
+            hist.ts[a : a + p],
+            hist.action[a : a + p],
+            hist.weight[a : a + p],
+        )
+        state = summ.fold(summ.empty_state(), ev)
+        with torch.no_grad():
+            w = ridge.solve(summ.moments_part(state.kv).unsqueeze(0))
+            got.append(float(ridge.scores(w, torch.tensor([int(hist.item_id[a + p])]))[0]))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert auc_score(hist.labels[test_t.idx], np.array(got)) > 0.95
