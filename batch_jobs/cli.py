@@ -39,6 +39,7 @@ def _session(cfg: VistaConfig, args: argparse.Namespace) -> Any:
 
 def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
     from batch_jobs.cluster import run_cluster
+    from batch_jobs.item_vectors import run_item_vectors
     from batch_jobs.publish import run_publish
     from batch_jobs.runs import JobError, default_run_dir, latest_run_dir
     from batch_jobs.summarize import run_summarize
@@ -69,6 +70,15 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
                 model_dir=args.model,
             )
             report_path = args.report
+        elif args.job == "item-vectors":
+            before = None
+            if args.training_window:
+                from summarizer.data.histories import temporal_split
+
+                before = temporal_split(cfg.data.valid_dir)[0]
+            spark = _session(cfg, args)
+            report = run_item_vectors(spark, cfg, day=args.date, before_ts=before)
+            report_path = args.report
         else:
             if args.run_dir:
                 run_dir = args.run_dir
@@ -87,7 +97,7 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     job = subparsers.add_parser(
-        "job", help="Spark batch jobs: validate, summarize, publish, cluster"
+        "job", help="Spark batch jobs: validate, summarize, publish, cluster, item-vectors"
     )
     # Set by batch_jobs/submit.py: keep spark-submit's master and conf.
     job.add_argument("--submitted", action="store_true", help=argparse.SUPPRESS)
@@ -129,7 +139,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     cl.add_argument("--model", help="model folder (default: model.model_dir)")
     cl.add_argument("--report", help="also write the report here")
 
-    for p in (val, sm, pub, cl):
+    iv = sub.add_parser(
+        "item-vectors",
+        help="pretrained item vectors by Spark ALS: a new version of the item_vectors table",
+    )
+    iv.add_argument("--date", help="YYYY-MM-DD: the last valid day to read (default: the last)")
+    iv.add_argument(
+        "--training-window",
+        action="store_true",
+        help="only events before the validation window of `vista train`'s temporal split",
+    )
+    iv.add_argument("--report", help="also write the report here")
+
+    for p in (val, sm, pub, cl, iv):
         p.set_defaults(func=_run)
 
 

@@ -213,7 +213,8 @@ def train_candidate(cfg: VistaConfig, name: str) -> dict[str, Any]:
 
     out = Path(cfg.pipeline.candidates_dir) / name
     shutil.rmtree(out, ignore_errors=True)
-    done = train_and_save(cfg, out_dir=out, progress=False)
+    vectors = SummaryStore.training_item_vectors(cfg)
+    done = train_and_save(cfg, out_dir=out, progress=False, item_vectors=vectors)
     return {"model_dir": str(out), "version": done.version, "test": done.test.to_dict()}
 
 

@@ -8,10 +8,16 @@ from summarizer.config import VistaConfig
 
 
 def cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from summarizer.store import SummaryStore
     from summarizer.training.workflow import train_and_save
 
     done = train_and_save(
-        cfg, data_dir=args.data, out_dir=args.out, epochs=args.epochs, progress=not args.quiet
+        cfg,
+        data_dir=args.data,
+        out_dir=args.out,
+        epochs=args.epochs,
+        progress=not args.quiet,
+        item_vectors=SummaryStore.training_item_vectors(cfg),
     )
     spec = done.spec
     print(

@@ -25,6 +25,7 @@ from summarizer.config.section import Section
 from summarizer.config.sections import (
     ClusterParams,
     DataConfig,
+    ItemVectorsConfig,
     MemoryConfig,
     PipelineConfig,
     SparkConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "MemoryConfig",
+    "ItemVectorsConfig",
     "ModelConfig",
     "ModelSpec",
     "PipelineConfig",
@@ -68,6 +70,7 @@ class VistaConfig(Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    item_vectors: ItemVectorsConfig = Field(default_factory=ItemVectorsConfig)
 
 
 class ConfigError(ValueError):

@@ -61,6 +61,12 @@ class TrainConfig(Section):
     item_lr: float | None = Field(
         None, gt=0, description="learning rate of the sparse item tables (unset: lr)"
     )
+    ridge_lr: float | None = Field(
+        None,
+        ge=0,
+        description="learning rate of the ridge read-out's item tables (unset: item_lr; "
+        "0: frozen at their pretrained start)",
+    )
     item_l2: float = Field(
         0.0, ge=0, description="L2 on the item-table rows each batch looks up (sparse decay)"
     )
@@ -69,10 +75,14 @@ class TrainConfig(Section):
     batch_requests: int = Field(256, ge=1)
     recon_weight: float = Field(0.1, ge=0)
     rating_weight: float = Field(0.2, ge=0)
-    pretrain_items: Literal["none", "mf"] = Field(
+    pretrain_items: Literal["none", "mf", "table"] = Field(
         "mf",
-        description="start a ridge read-out's item vectors from MF of the training window "
-        "(summarizer/training/pretrain.py) or at random",
+        description="where a ridge read-out's item vectors start: MF of the training window "
+        "fitted in process, L2s chosen on validation (summarizer/training/pretrain.py); the "
+        "store's item_vectors table (`vista job item-vectors`); or at random",
+    )
+    item_vectors_version: int | None = Field(
+        None, ge=1, description="pretrain_items = 'table': the table version (unset: latest)"
     )
     ridge_weight: float = Field(
         1.0, ge=0, description="weight of the ridge read-out's own MSE on the response"
@@ -109,6 +119,16 @@ class MemoryConfig(ClusterParams):
         False, description="the nightly DAG adds the day to every active user's memory bank"
     )
     users_per_flush: int = Field(256, ge=1, description="banks staged per lance fragment")
+
+
+class ItemVectorsConfig(Section):
+    """``vista job item-vectors``: item embeddings by Spark MLlib ALS of the valid events."""
+
+    factors: int = Field(64, ge=1, description="vector width k (= the model's ridge_dim)")
+    l2: float = Field(0.1, gt=0, description="ALS regParam (Spark scales it by each count)")
+    bias_l2: float = Field(10.0, ge=0, description="shrinkage of each item's mean residual")
+    iterations: int = Field(10, ge=1)
+    seed: int = 0
 
 
 class StoreConfig(Section):

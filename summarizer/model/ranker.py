@@ -81,6 +81,13 @@ class CandidateRanker(nn.Module):
         self.logit = nn.Linear(dim, 1)
         self.rating = nn.Linear(dim, 1) if rating_head else None
         self.ridge_scale = nn.Parameter(torch.ones(2)) if ridge else None
+        if ridge:
+            # The MLP starts as a residual on the ridge score: zero output layers, so the
+            # untrained model scores by its (pretrained) read-out alone.
+            for layer in (self.logit, self.rating):
+                if layer is not None:
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
         # VISTA with readout="state": each candidate's weights over the K state-row tokens,
         # per head (read_state); None for every other model.
         self.state_tokens = state_tokens

@@ -52,6 +52,10 @@ class RidgeMemory(nn.Module):
         self.mean_response: torch.Tensor
         self.register_buffer("mean_response", torch.zeros(1, dtype=torch.float64))
 
+    def tables(self) -> list[torch.Tensor]:
+        """The read-out's learned tables (item vectors and biases)."""
+        return [self.vec_a.weight, self.vec_b.weight, self.bias.weight]
+
     @property
     def moments_shape(self) -> tuple[int, int]:
         return (self.dim + 1, self.dim + 2)

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from summarizer.config import StoreConfig
+from summarizer.config import StoreConfig, VistaConfig
 from summarizer.store.bank_records import (
     MemoryBankRecord,
     memory_banks_from_table,
@@ -42,6 +42,13 @@ from summarizer.store.errors import (
     StoreUnavailableError,
     TableNotFoundError,
     VersionNotFoundError,
+)
+from summarizer.store.item_vectors import (
+    ITEM_VECTORS,
+    ItemVectors,
+    item_vectors_table,
+    read_item_vectors,
+    write_item_vectors,
 )
 from summarizer.store.location import StoreLocation
 from summarizer.store.read import (
@@ -89,6 +96,9 @@ from summarizer.store.versions import (
 from summarizer.store.write import PublishResult, commit_upsert
 
 __all__ = [
+    "ITEM_VECTORS",
+    "ItemVectors",
+    "item_vectors_table",
     "MEMORY_BANK",
     "SERVING_TAG",
     "STATE",
@@ -316,6 +326,23 @@ class SummaryStore:
             return {}
         rows = self._read_table(MEMORY_BANK, user_ids, version)
         return {r.user_id: r for r in memory_banks_from_table(rows)}
+
+    # -- item vectors ----------------------------------------------------------------------
+    def write_item_vectors(self, table: pa.Table) -> int:
+        """A new version of the item-vectors table (``item_vectors_table``); its version."""
+        return write_item_vectors(self.location, table)
+
+    def item_vectors(self, version: int | None = None) -> ItemVectors:
+        """The pretrained item vectors at ``version`` (default: the latest)."""
+        return read_item_vectors(self.location, version)
+
+    @classmethod
+    def training_item_vectors(cls, cfg: VistaConfig) -> ItemVectors | None:
+        """The item vectors ``[train] pretrain_items = "table"`` starts a model from (the
+        configured version, else the latest), or None when training does not read them."""
+        if cfg.train.pretrain_items != "table":
+            return None
+        return cls.from_config(cfg.store).item_vectors(cfg.train.item_vectors_version)
 
     # -- versions --------------------------------------------------------------------------
     def serving_version(self, table: str = SUMMARIES) -> int | None:

@@ -23,7 +23,11 @@ class TableNotFoundError(StoreError, LookupError):
         self.table, self.uri = table, uri
         super().__init__(
             f"table '{table}' does not exist in the store at {uri}; "
-            f"the first publish to '{table}' creates it"
+            + (
+                "`vista job item-vectors` creates it"
+                if table == "item_vectors"
+                else f"the first publish to '{table}' creates it"
+            )
         )
 
 

@@ -258,6 +258,50 @@ def fold_in_scores(fit: MFFit, hist: Histories, targets: Targets) -> np.ndarray:
     return out
 
 
+MFGrid = list[tuple[float, int, float, int, MFFit]]  # (val AUC, factors, l2, iterations, fit)
+
+
+def mf_grid(
+    hist: Histories,
+    t1: int,
+    val_t: Targets,
+    factors: tuple[int, ...],
+    l2s: tuple[float, ...],
+    seed: int = 0,
+) -> MFGrid:
+    """Biased MF on [.., t1) for every (factors, L2), each iterated to its best validation
+    AUC (``fit_mf``)."""
+    y_val = hist.labels[val_t.idx]
+
+    def validate(f: MFFit) -> float:
+        return auc_score(y_val, f.score(val_t.user, hist.item_id[val_t.idx]))
+
+    out: MFGrid = []
+    for k in factors:
+        for lam in l2s:
+            fit, its = fit_mf(hist, t1, k, lam, validate, seed=seed)
+            out.append((validate(fit), k, lam, its, fit))
+    return out
+
+
+def choose_fold_in(
+    hist: Histories, val_t: Targets, grid: MFGrid, fold_in_l2: tuple[float, ...]
+) -> tuple[MFFit, dict[str, float], float]:
+    """The (factorization, fold-in L2) of the best validation AUC of the folded-in scores:
+    the fit (its ``lam`` the fold-in's), what was chosen, and that AUC."""
+    y_val = hist.labels[val_t.idx]
+    best: tuple[float, MFFit, dict[str, float]] | None = None
+    for _, k, lam, its, fit in grid:
+        for lam_f in fold_in_l2:
+            f = dataclasses.replace(fit, lam=lam_f)
+            auc = auc_score(y_val, fold_in_scores(f, hist, val_t))
+            if best is None or auc > best[0]:
+                chosen = {"factors": k, "l2": lam, "iterations": its, "fold_in_l2": lam_f}
+                best = (auc, f, chosen)
+    assert best is not None, "an empty grid"
+    return best[1], best[2], best[0]
+
+
 # -- the rows ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ClassicResult:
@@ -391,45 +435,30 @@ def evaluate_classic(
         )
     if want("biased MF") or want("MF, user folded in"):
         t0 = time.perf_counter()
-        fits = []
-        for k in mf_factors:
-            for lam in mf_l2:
-                fit, its = fit_mf(
-                    hist,
-                    t1,
-                    k,
-                    lam,
-                    lambda f: auc_score(y_val, f.score(val_t.user, hist.item_id[val_t.idx])),
-                )
-                auc = auc_score(y_val, fit.score(val_t.user, hist.item_id[val_t.idx]))
-                fits.append((auc, k, lam, its, fit))
-        auc, k, lam, its, fit = max(fits, key=lambda f: f[0])
-        params = fit.user_vec.size + fit.item_vec.size
-        chosen = {"factors": k, "l2": lam, "iterations": its}
+        mf = mf_grid(hist, t1, val_t, mf_factors, mf_l2)
         if want("biased MF"):
+            # The plain MF's own choice: the fit with the best validation AUC of p_u . q_i.
+            auc, k, lam, its, fit = max(mf, key=lambda f: f[0])
             add(
                 "biased MF",
                 lambda t: fit.score(t.user, hist.item_id[t.idx]),
-                params,
+                fit.user_vec.size + fit.item_vec.size,
                 2 * (k + 1) / 1e6,
                 t0,
-                chosen,
+                {"factors": k, "l2": lam, "iterations": its},
             )
         if want("MF, user folded in"):
-            # The fold-in's own choice of L2 on validation, item side fixed.
-            folded = {lam_f: dataclasses.replace(fit, lam=lam_f) for lam_f in fold_in_l2}
-            lam_f = max(
-                folded, key=lambda x: auc_score(y_val, fold_in_scores(folded[x], hist, val_t))
-            )
+            # The fold-in's own choice, jointly over the factorization and its L2.
+            best_fold, chosen, _ = choose_fold_in(hist, val_t, mf, fold_in_l2)
+            k = int(chosen["factors"])
             # Per request: the (k+1)^2 solve, amortized over m = 512 candidates.
             cost = (2 * (k + 1) + (k + 1) ** 3 / 512) / 1e6
-            best_fold = folded[lam_f]
             add(
                 "MF, user folded in",
                 lambda t: fold_in_scores(best_fold, hist, t),
-                fit.item_vec.size,
+                best_fold.item_vec.size,
                 cost,
                 t0,
-                {**chosen, "fold_in_l2": lam_f},
+                chosen,
             )
     return out

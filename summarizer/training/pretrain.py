@@ -1,10 +1,11 @@
 """Pretrained item vectors for the ridge read-out: matrix factorization of the training window.
 
 The ridge read-out learns its item vectors end to end, but from a random start it needs
-many epochs; started from the item factors (and biases) of a biased matrix factorization
-fitted by alternating least squares on the training window alone, it begins where the
-"MF, user folded in" baseline ends and improves on it (BENCHMARKS.md, issue 21). The L2
-of the factorization is chosen on validation AUC, as the baseline's is.
+many epochs and ends below the classic fold-in; started from the item factors and biases
+of a biased matrix factorization fitted by alternating least squares on the training
+window alone, the untrained read-out *is* the "MF, user folded in" baseline, and training
+goes on from there (BENCHMARKS.md, issue 21). The factorization's L2 and the read-out's
+ridge L2 are chosen jointly on validation AUC, by the baseline's own search.
 """
 
 from __future__ import annotations
@@ -13,13 +14,34 @@ import numpy as np
 import torch
 
 from summarizer.data.histories import Histories
+from summarizer.data.item_vectors import ItemVectors
 from summarizer.model.encoder import hash_ids
 from summarizer.model.vista_model import VistaModel
 from summarizer.training import classic
-from summarizer.training.metrics import auc_score
 from summarizer.training.targets import Window
 
-MF_L2_GRID = (1.0, 10.0, 30.0)
+
+def load_item_vectors(
+    model: VistaModel, item_ids: np.ndarray, vectors: np.ndarray, bias: np.ndarray
+) -> int:
+    """Write pretrained item vectors (n, k) and biases (n,) into the ridge read-out's tables
+    (each item's first-hash row). Returns the rows written."""
+    ridge = model.ridge
+    if ridge is None:
+        raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
+    ids = torch.tensor(np.asarray(item_ids, dtype=np.int64))
+    rows = ridge.load_vectors(ids, torch.tensor(np.asarray(vectors, dtype=np.float32)))
+    with torch.no_grad():
+        h1, _ = hash_ids(ids, ridge.buckets)
+        ridge.bias.weight[h1, 0] = torch.tensor(np.asarray(bias, dtype=np.float32))
+    return rows
+
+
+def set_ridge_l2(model: VistaModel, l2: float) -> None:
+    """The read-out's ridge penalty, recorded in the model's spec (saved with it)."""
+    assert model.ridge is not None
+    model.ridge.l2 = float(l2)
+    model.spec = model.spec.model_copy(update={"ridge_l2": float(l2)})
 
 
 def init_ridge_from_mf(
@@ -30,28 +52,47 @@ def init_ridge_from_mf(
     per_user: int,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Fit MF with the ridge read-out's width on events before ``train_window.end``, pick
-    its L2 on the validation targets, and load its item factors and biases into the
-    read-out's tables. Returns what was chosen."""
+    """Fit MF with the ridge read-out's width on events before ``train_window.end``, choose
+    its L2 and the fold-in's on the validation targets, and load its item factors, biases,
+    mean and fold-in L2 into the read-out. Returns what was chosen."""
     ridge = model.ridge
     if ridge is None:
         raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
-    t1 = train_window.end
     val_t = classic.Targets.of(hist, val_window, per_user)
-    y_val = hist.labels[val_t.idx]
+    grid = classic.mf_grid(
+        hist, train_window.end, val_t, (ridge.dim,), classic.MF_L2_GRID, seed=seed
+    )
+    fit, chosen, val_auc = classic.choose_fold_in(hist, val_t, grid, classic.FOLD_IN_L2_GRID)
+    ids = np.array(sorted(fit.item_index), dtype=np.int64)
+    vec = fit.item_vec[[fit.item_index[int(i)] for i in ids]]
+    load_item_vectors(model, ids, vec[:, : ridge.dim], vec[:, ridge.dim])
+    ridge.set_mean_response(fit.mu)
+    set_ridge_l2(model, chosen["fold_in_l2"])
+    return {**chosen, "fold_in_val_auc": val_auc}
 
-    def val_auc(fit: classic.MFFit) -> float:
-        return auc_score(y_val, fit.score(val_t.user, hist.item_id[val_t.idx]))
 
-    fits = [classic.fit_mf(hist, t1, ridge.dim, lam, val_auc, seed=seed) for lam in MF_L2_GRID]
-    aucs = [val_auc(f) for f, _ in fits]
-    best = int(np.argmax(aucs))
-    fit, iterations = fits[best]
-    ids = torch.tensor(sorted(fit.item_index), dtype=torch.int64)
-    rows = [fit.item_index[int(i)] for i in ids]
-    vec = torch.from_numpy(fit.item_vec[rows]).float()
-    ridge.load_vectors(ids, vec[:, : ridge.dim])
-    with torch.no_grad():
-        h1, _ = hash_ids(ids, ridge.buckets)
-        ridge.bias.weight[h1, 0] = vec[:, ridge.dim]
-    return {"mf_l2": MF_L2_GRID[best], "mf_iterations": iterations, "mf_val_auc": aucs[best]}
+def init_ridge_from_table(
+    model: VistaModel, vectors: ItemVectors, val_window: Window
+) -> dict[str, float]:
+    """Load a version of the store's item-vectors table (``vista job item-vectors``) into the
+    read-out: vectors, biases and the mean response they are centred on (the ridge L2 stays
+    the spec's). Refused when the vectors saw events of the validation window or later --
+    they would leak the labels the model is chosen and tested on."""
+    ridge = model.ridge
+    if ridge is None:
+        raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
+    if vectors.dim != ridge.dim:
+        raise ValueError(
+            f"item vectors (version {vectors.version}) are {vectors.dim} wide, the model's "
+            f"ridge read-out {ridge.dim}: set [item_vectors] factors = model.ridge_dim"
+        )
+    max_ts = vectors.meta.get("max_ts")
+    if max_ts is not None and int(max_ts) >= val_window.start:
+        raise ValueError(
+            f"item vectors (version {vectors.version}) include events up to ts {max_ts}, "
+            f"inside the validation window (from ts {val_window.start}): rerun "
+            "`vista job item-vectors --training-window`"
+        )
+    rows = load_item_vectors(model, vectors.item_ids, vectors.vectors, vectors.bias)
+    ridge.set_mean_response(vectors.mean_response)
+    return {"version": vectors.version, "items": len(vectors.item_ids), "rows": rows}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from summarizer.config import ClusterParams, TrainConfig
 from summarizer.data.histories import Histories
+from summarizer.data.item_vectors import ItemVectors
 from summarizer.model.encoder import WEIGHT_SCALE
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.forward import forward_targets
@@ -125,8 +126,15 @@ def make_optimizers(model: VistaModel, cfg: TrainConfig) -> list[torch.optim.Opt
     """SparseAdam for the hashed item tables (rows touched by the batch only), AdamW for the rest."""
     table = model.sparse_tables()
     dense = [p for p in model.parameters() if not _is_sparse_table(model, p)]
+    item_lr = cfg.item_lr or cfg.lr
+    ridge = [] if model.ridge is None else model.ridge.tables()
+    groups: list[dict] = [{"params": [p for p in table if not any(p is r for r in ridge)]}]
+    if ridge and cfg.ridge_lr != 0:
+        groups.append({"params": ridge, "lr": cfg.ridge_lr or item_lr})
+    for p in ridge:  # frozen (ridge_lr = 0): no gradients kept for them
+        p.requires_grad_(cfg.ridge_lr != 0)
     return [
-        torch.optim.SparseAdam(table, lr=cfg.item_lr or cfg.lr),
+        torch.optim.SparseAdam(groups, lr=item_lr),
         torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
     ]
 
@@ -138,8 +146,12 @@ def train(
     val_window: Window,
     cfg: TrainConfig,
     progress: bool = True,
+    item_vectors: ItemVectors | None = None,
 ) -> TrainResult:
-    """Adam on the training window; early stopping on validation AUC (best weights kept)."""
+    """Adam on the training window; early stopping on validation AUC (best weights kept).
+
+    ``item_vectors``: with ``cfg.pretrain_items = "table"``, the version of the store's
+    item-vectors table the ridge read-out starts from."""
     from tqdm import tqdm
 
     if cfg.threads:
@@ -150,14 +162,21 @@ def train(
         in_window = (hist.ts >= train_window.start) & (hist.ts < train_window.end)
         r = np.where(np.isnan(hist.weight), hist.labels, hist.weight)[in_window]
         model.ridge.set_mean_response(float(r.mean()) if len(r) else 0.0)
-        if cfg.pretrain_items == "mf":
-            from summarizer.training.pretrain import init_ridge_from_mf
+        from summarizer.training import pretrain
 
-            chosen = init_ridge_from_mf(
+        chosen: dict[str, float] | None = None
+        if cfg.pretrain_items == "mf":
+            chosen = pretrain.init_ridge_from_mf(
                 model, hist, train_window, val_window, cfg.eval_targets_per_user, cfg.seed
             )
-            if progress:
-                print(f"ridge read-out started from MF item vectors: {chosen}")
+        elif cfg.pretrain_items == "table":
+            if item_vectors is None:
+                raise ValueError(
+                    "pretrain_items = 'table' needs the item vectors (train_and_save reads them)"
+                )
+            chosen = pretrain.init_ridge_from_table(model, item_vectors, val_window)
+        if progress and chosen is not None:
+            print(f"ridge read-out started from {cfg.pretrain_items} item vectors: {chosen}")
     optimizers = make_optimizers(model, cfg)
     dense_params = [p for p in model.parameters() if not _is_sparse_table(model, p)]
     item_pool = np.unique(hist.item_id) if cfg.negatives else None
@@ -166,6 +185,13 @@ def train(
     best_val: Metrics | None = None
     t0 = time.perf_counter()
     epoch = 0
+    if model.ridge is not None and cfg.pretrain_items != "none":
+        # The pretrained start is a candidate too: the read-out alone (a residual MLP at zero).
+        best_val = evaluate(model, hist, val_window, cfg)
+        best_auc = best_val.auc
+        log.append({"epoch": 0, "val_auc": best_val.auc, "val_logloss": best_val.logloss})
+        if progress:
+            print(f"epoch 0 (pretrained read-out): val AUC {best_val.auc:.4f}")
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         targets = select_targets(hist, train_window, cfg.targets_per_user, rng)

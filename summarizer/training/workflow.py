@@ -14,6 +14,7 @@ import numpy as np
 
 from summarizer.config import ModelSpec, VistaConfig
 from summarizer.data.histories import load_histories, temporal_split
+from summarizer.data.item_vectors import ItemVectors
 from summarizer.model import artifacts
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.metrics import Metrics
@@ -52,10 +53,13 @@ def train_and_save(
     out_dir: str | os.PathLike[str] | None = None,
     epochs: int | None = None,
     progress: bool = True,
+    item_vectors: ItemVectors | None = None,
 ) -> TrainedModel:
     """Train the configured model on validated events (default: ``data.valid_dir``) with
     a temporal 80/10/10 split, evaluate it on the test window and save it (default:
-    ``model.model_dir``); early stopping on the validation window."""
+    ``model.model_dir``); early stopping on the validation window. ``item_vectors``: the
+    store's table version a ridge read-out starts from (``[train] pretrain_items =
+    "table"``; ``SummaryStore.item_vectors``)."""
     data = Path(data_dir or cfg.data.valid_dir)
     out = Path(out_dir or cfg.model.model_dir)
     t1, t2 = temporal_split(data)
@@ -64,10 +68,22 @@ def train_and_save(
     spec = model_spec(cfg, rating_head=bool(np.any(~np.isnan(hist.weight))))
     tc = cfg.train if epochs is None else cfg.train.replace(epochs=epochs)
     result = train(
-        VistaModel(spec), hist, Window(-FOREVER, t1), Window(t1, t2), tc, progress=progress
+        VistaModel(spec),
+        hist,
+        Window(-FOREVER, t1),
+        Window(t1, t2),
+        tc,
+        progress=progress,
+        item_vectors=item_vectors,
     )
     test = evaluate(result.model, hist, Window(t2, FOREVER), tc)
-    meta = {"val": result.val.to_dict(), "test": test.to_dict(), "split": [t1, t2]}
+    meta: dict[str, object] = {
+        "val": result.val.to_dict(),
+        "test": test.to_dict(),
+        "split": [t1, t2],
+    }
+    if item_vectors is not None and tc.pretrain_items == "table":
+        meta["item_vectors_version"] = item_vectors.version
     version = artifacts.save(result.model, out, metadata={**meta, "data": str(data)})
     return TrainedModel(
         model_dir=str(out),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -33,21 +31,15 @@ def test_a_ridge_read_out_from_mf_vectors_is_the_fold_in_baseline() -> None:
     ridge = model.ridge
     assert ridge is not None
     t1, t2 = 1000, 2000
-    r = classic.response(hist)
-    ridge.set_mean_response(float(r[hist.ts < t1].mean()))
     chosen = init_ridge_from_mf(model, hist, Window(-(2**62), t1), Window(t1, t2), per_user=3)
-    # The same fit again (deterministic), to compare with the baseline's fold-in.
+    # The baseline's own search (deterministic) picks the same fit and fold-in L2.
     val_t = classic.Targets.of(hist, Window(t1, t2), 3)
-    yv = hist.labels[val_t.idx]
-    fit, _ = classic.fit_mf(
-        hist,
-        t1,
-        3,
-        chosen["mf_l2"],
-        lambda f: auc_score(yv, f.score(val_t.user, hist.item_id[val_t.idx])),
-    )
+    grid = classic.mf_grid(hist, t1, val_t, (3,), classic.MF_L2_GRID)
+    fit, want_chosen, _ = classic.choose_fold_in(hist, val_t, grid, classic.FOLD_IN_L2_GRID)
+    assert {k: chosen[k] for k in want_chosen} == want_chosen
+    assert model.spec.ridge_l2 == ridge.l2 == want_chosen["fold_in_l2"]
     test_t = classic.Targets.of(hist, Window(t2, 2**62), 3)
-    want = classic.fold_in_scores(dataclasses.replace(fit, lam=2.0), hist, test_t) - fit.mu
+    want = classic.fold_in_scores(fit, hist, test_t) - fit.mu
     summ = model.require_summarizer()
     got = []
     for u, p in zip(test_t.user, test_t.pos, strict=True):
