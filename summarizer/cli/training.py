@@ -29,6 +29,18 @@ def cmd_train(cfg: VistaConfig, args: argparse.Namespace) -> int:
         f"(logloss {done.test.logloss:.4f})"
     )
     print(f"saved model version {done.version} to {done.model_dir}")
+    if args.baseline:
+        from summarizer.training import harness
+        from summarizer.training.workflow import model_spec
+
+        # The same split, targets and training budget, with no history module at all.
+        none = harness.Variant("no history", model_spec(cfg, kind="none", ridge_dim=0, gsu_k=0))
+        tc = cfg.train if args.epochs is None else cfg.train.replace(epochs=args.epochs)
+        (row,) = harness.run(args.data or cfg.data.valid_dir, [none], tc, progress=False)
+        print(
+            f"test AUC {done.test.auc:.4f} for {spec.kind} vs {row.auc:.4f} with no history "
+            f"(+{done.test.auc - row.auc:.4f}, same split and targets)"
+        )
     return 0
 
 
@@ -74,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tr.add_argument("--data", help="validated events folder (default: data.valid_dir)")
     tr.add_argument("--out", help="model folder (default: model.model_dir)")
     tr.add_argument("--epochs", type=int, help="override train.epochs")
+    tr.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train the no-history model on the same split; print both test AUCs",
+    )
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
 

@@ -140,6 +140,8 @@ class ModelSpec(Section):
         return self.model_dump_json()
 
 
+DEFAULT_RIDGE_DIM = 64  # the [model] section's ridge read-out width for kind vista
+
 # Spec fields that come from elsewhere, never from the [model] table.
 _DERIVED = {
     "num_actions": "it is data.num_actions",
@@ -149,9 +151,24 @@ _DERIVED = {
 
 class ModelConfig(ModelSpec):
     """The ``[model]`` section: the architecture a new model is trained with, and the
-    folder of the serving model (mutable like every section; the spec it makes is not)."""
+    folder of the serving model (mutable like every section; the spec it makes is not).
+
+    Its defaults are the product's default VISTA -- what ``vista train``, the demo and the
+    DAGs use with no overrides: K = 16 summary tokens and the ridge read-out over k = 64
+    item vectors (started from MF of the training window, ``[train] pretrain_items``),
+    the configuration that ranks best on ml-latest-small (BENCHMARKS.md, issue 21).
+    :class:`ModelSpec`'s own defaults are the architecture's building blocks (no ridge
+    read-out), which the tests and the harness's rows vary one at a time."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+    num_seeds: int = Field(16, ge=1, le=512, description="K summary tokens")
+    ridge_dim: int | None = Field(  # type: ignore[assignment]
+        None,
+        ge=0,
+        description="width k of the ridge read-out's item vectors; 0 = off; unset: "
+        f"{DEFAULT_RIDGE_DIM} for kind vista (the others have none)",
+    )
 
     num_actions: int = Field(8, exclude=True)
     rating_head: bool = Field(False, exclude=True)
@@ -167,4 +184,7 @@ class ModelConfig(ModelSpec):
     def spec(self, **derived: Any) -> ModelSpec:
         """The architecture alone (no folder), with the derived fields given here
         (``num_actions``, ``rating_head``) and any other overrides."""
-        return ModelSpec.model_validate({**self.model_dump(exclude={"model_dir"}), **derived})
+        fields = self.model_dump(exclude={"model_dir"})
+        if fields["ridge_dim"] is None:
+            fields["ridge_dim"] = DEFAULT_RIDGE_DIM if fields["kind"] == "vista" else 0
+        return ModelSpec.model_validate({**fields, **derived})

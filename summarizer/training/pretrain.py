@@ -33,6 +33,7 @@ def load_item_vectors(
     rows = ridge.load_vectors(ids, torch.tensor(np.asarray(vectors, dtype=np.float32)))
     with torch.no_grad():
         h1, _ = hash_ids(ids, ridge.buckets)
+        ridge.bias.weight.zero_()
         ridge.bias.weight[h1, 0] = torch.tensor(np.asarray(bias, dtype=np.float32))
     return rows
 
