@@ -2,13 +2,14 @@
 
 The same parser serves ``spark-submit batch_jobs/submit.py JOB ...`` (then the
 submitter's master and conf win over the ``[spark]`` config section). Each job
-prints its report and writes it as JSON (``--report``, default: the run
-folder), so a DAG task can check it.
+prints a short summary (``--json``: the whole report) and writes the report as
+JSON (``--report``, default: the run folder), so a DAG task can check it.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -18,16 +19,61 @@ from summarizer.config import VistaConfig
 from summarizer.store.errors import StoreError
 
 
-def _emit(report: dict[str, Any], path: str | None) -> None:
-    """Print the report (per-day rows folded when there are many) and write it whole."""
+def _human(report: dict[str, Any]) -> str:
+    """A short summary of a job's report for people (the JSON goes to a file, or --json)."""
+    g = report.get
+    job = g("job", "job")
+    secs = f"{g('seconds', 0):.1f} s"
+    if g("status") == "skipped":
+        return f"{job}: skipped ({g('reason', 'nothing to do')})"
+    if job == "validate":
+        lines = [
+            f"validated {g('rows_read', 0):,} rows in {secs}: {g('rows_valid', 0):,} valid, "
+            f"{g('rows_quarantined', 0):,} quarantined"
+        ]
+        for reason, n in sorted((g("quarantined_by_reason") or {}).items()):
+            lines.append(f"  {reason:<30} {n:>8,}")
+        return "\n".join(lines)
+    if job == "summarize":
+        return (
+            f"summarize {g('mode')} through {g('day')}: {g('users_updated', 0):,} users "
+            f"({g('new_users', 0):,} new), {g('rows_read', 0):,} events in {secs} "
+            f"({g('events_per_s') or 0:,} events/s); staged in {g('run_dir')}, visible after "
+            "`vista job publish`"
+        )
+    if job == "publish":
+        out = f"published {g('run_id')}: summaries version {g('summaries_version')}"
+        if g("serving_version") is not None:
+            out += f", serving tag -> {g('serving_version')}"
+        return out + f" ({secs})"
+    if job == "cluster":
+        return (
+            f"cluster {g('mode')} through {g('day')}: {g('clusters_written', 0):,} clusters for "
+            f"{g('users', 0):,} users from {g('rows_read', 0):,} events in {secs} ({g('status')})"
+        )
+    if job == "item-vectors":
+        upto = f"through {g('through_day')}"
+        before = g("before_ts")
+        if before is not None:
+            when = dt.datetime.fromtimestamp(int(before), dt.UTC)
+            upto = f"before {when:%Y-%m-%d %H:%M} UTC (the training window)"
+        return (
+            f"item vectors version {g('version')}: {g('items', 0):,} items x {g('factors')} "
+            f"from {g('events', 0):,} events {upto} ({secs})"
+        )
+    scalars = [f"{k} {v}" for k, v in sorted(report.items()) if isinstance(v, int | float | str)]
+    return f"{job}: " + ", ".join(k for k in scalars if not k.startswith("job "))
+
+
+def _emit(report: dict[str, Any], path: Path, as_json: bool) -> None:
+    """Write the report whole as JSON; print it (--json) or a short summary of it."""
     text = json.dumps(report, indent=2, sort_keys=True, default=str)
-    shown = dict(report)
-    if isinstance(shown.get("days"), list) and len(shown["days"]) > 5:
-        shown["days"] = f"{len(report['days'])} days (per-day counts in the JSON report)"
-    print(json.dumps(shown, indent=2, sort_keys=True, default=str))
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    if as_json:
+        print(text)
+    else:
+        print(_human(report))
         print(f"report: {path}")
 
 
@@ -87,11 +133,16 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
             else:
                 run_dir = str(latest_run_dir(cfg))
             report = run_publish(cfg, run_dir, promote=args.promote)
-            report_path = args.report
+            report_path = args.report or str(Path(run_dir) / "publish.json")
     except (JobError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _emit(report, report_path)
+    if report_path is None:
+        where = report.get("run_dir") or default_run_dir(
+            cfg, args.job, str(report.get("day") or report.get("through_day") or "all")
+        )
+        report_path = str(Path(where) / f"{args.job}.json")
+    _emit(report, Path(report_path), args.json)
     return 0
 
 
@@ -101,6 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     # Set by batch_jobs/submit.py: keep spark-submit's master and conf.
     job.add_argument("--submitted", action="store_true", help=argparse.SUPPRESS)
+    job.add_argument(
+        "--json", action="store_true", help="print the whole JSON report (it is always written)"
+    )
     sub = job.add_subparsers(dest="job", required=True, metavar="JOB")
 
     val = sub.add_parser("validate", help="validate day partitions with Spark (one job)")

@@ -122,6 +122,7 @@ def run_item_vectors(
         "days": len(days),
         "events": n_events,
         "max_ts": max_ts,
+        "before_ts": before_ts,
         "items": len(ids),
         "factors": p.factors,
         "version": version,

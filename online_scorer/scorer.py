@@ -389,7 +389,7 @@ class OnlineScorer:
                 ),
                 features=f,
                 bank=None if banks is None else banks[i],
-                moments=None if r.moments is None else torch.from_numpy(r.moments),
+                moments=None if r.moments is None else torch.tensor(r.moments),
             )
             for i, (r, it, f) in enumerate(zip(summaries, items, features, strict=True))
         ]

@@ -97,7 +97,20 @@ def cmd_cluster(cfg: VistaConfig, args: argparse.Namespace) -> int:
             }
             for i, c in enumerate(args.candidates)
         ]
-    print(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"user {args.user}: {report['n_events']:,} events -> {report['clusters']:,} clusters "
+        f"(largest {report['largest_cluster']:,} events; per engagement level "
+        f"{report['clusters_per_level']}) in {seconds * 1e3:.1f} ms, model {version[:12]}"
+    )
+    for hit in report.get("gsu", []):  # type: ignore[attr-defined]
+        tops = ", ".join(
+            f"cluster {t['cluster']} (score {t['score']}, {t['size']} events, item {t['rep_item']})"
+            for t in hit["top"]
+        )
+        print(f"  candidate {hit['candidate']}: {tops}")
     return 0
 
 
@@ -121,4 +134,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     cl.add_argument("--max-clusters", type=int, default=10_000, help="C, most clusters")
     cl.add_argument("--data", help="validated events folder (default: data.valid_dir)")
     cl.add_argument("--model", help="model folder (default: model.model_dir)")
+    cl.add_argument("--json", action="store_true", help="print the whole report as JSON")
     cl.set_defaults(func=cmd_cluster)

@@ -20,6 +20,13 @@ from summarizer.model.vista_model import VistaModel
 from summarizer.training import classic
 from summarizer.training.targets import Window
 
+# The start's search: the baseline's grids less their smallest L2 (0.3: far from chosen on
+# ml-latest-small, BENCHMARKS.md), on 16 validation targets a user -- each candidate
+# costs a (k+1)^2 solve a target, and this runs inside every training.
+MF_L2_GRID = tuple(x for x in classic.MF_L2_GRID if x >= 1.0)
+FOLD_IN_L2_GRID = tuple(x for x in classic.FOLD_IN_L2_GRID if x >= 1.0)
+SEARCH_TARGETS_PER_USER = 16
+
 
 def load_item_vectors(
     model: VistaModel, item_ids: np.ndarray, vectors: np.ndarray, bias: np.ndarray
@@ -54,16 +61,14 @@ def init_ridge_from_mf(
     seed: int = 0,
 ) -> dict[str, float]:
     """Fit MF with the ridge read-out's width on events before ``train_window.end``, choose
-    its L2 and the fold-in's on the validation targets, and load its item factors, biases,
+    its L2 and the fold-in's on (up to 16 a user of) the validation targets, and load its item factors, biases,
     mean and fold-in L2 into the read-out. Returns what was chosen."""
     ridge = model.ridge
     if ridge is None:
         raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
-    val_t = classic.Targets.of(hist, val_window, per_user)
-    grid = classic.mf_grid(
-        hist, train_window.end, val_t, (ridge.dim,), classic.MF_L2_GRID, seed=seed
-    )
-    fit, chosen, val_auc = classic.choose_fold_in(hist, val_t, grid, classic.FOLD_IN_L2_GRID)
+    val_t = classic.Targets.of(hist, val_window, min(per_user, SEARCH_TARGETS_PER_USER))
+    grid = classic.mf_grid(hist, train_window.end, val_t, (ridge.dim,), MF_L2_GRID, seed=seed)
+    fit, chosen, val_auc = classic.choose_fold_in(hist, val_t, grid, FOLD_IN_L2_GRID)
     ids = np.array(sorted(fit.item_index), dtype=np.int64)
     vec = fit.item_vec[[fit.item_index[int(i)] for i in ids]]
     load_item_vectors(model, ids, vec[:, : ridge.dim], vec[:, ridge.dim])

@@ -165,15 +165,17 @@ def test_job_cli_writes_json_reports(world: dict[str, Any], tmp_path: Path) -> N
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("summarize full through ")  # a summary for people
     data = json.loads(report.read_text())
     assert data["status"] == "staged" and data["users_updated"] > 0
     pub = subprocess.run(
-        [sys.executable, "-m", "summarizer.cli", "--config", str(toml), "job", "publish",
-         "--run-dir", data["run_dir"], "--promote"],
+        [sys.executable, "-m", "summarizer.cli", "--config", str(toml), "job", "--json",
+         "publish", "--run-dir", data["run_dir"], "--promote"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert pub.returncode == 0, pub.stderr[-2000:]
     assert json.loads(pub.stdout)["serving_version"] is not None
+    assert json.loads((Path(data["run_dir"]) / "publish.json").read_text())["job"] == "publish"
     bad = subprocess.run(
         [sys.executable, "-m", "summarizer.cli", "--config", str(toml), "job", "summarize",
          "--incremental", "--date", "2026-13-01"],

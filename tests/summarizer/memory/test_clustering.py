@@ -175,6 +175,9 @@ def test_cluster_cli_builds_a_bank_and_searches_it(
     capsys.readouterr()
     args = ["cluster", "0", "--model", "model", "--gamma", "64", "--candidates", "1", "2"]
     assert main([*args, "--k", "4"]) == 0
+    human = capsys.readouterr().out
+    assert human.startswith("user 0: 3,000 events -> ") and "  candidate 2: cluster " in human
+    assert main([*args, "--k", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_events"] == 3000 and report["largest_cluster"] <= 64
     assert sum(report["clusters_per_level"].values()) == report["clusters"] >= 3000 // 64

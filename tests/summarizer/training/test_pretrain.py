@@ -8,7 +8,7 @@ import torch
 from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch
 from summarizer.model.vista_model import VistaModel
-from summarizer.training import classic
+from summarizer.training import classic, pretrain
 from summarizer.training.metrics import auc_score
 from summarizer.training.pretrain import init_ridge_from_mf
 from summarizer.training.targets import Window
@@ -34,8 +34,8 @@ def test_a_ridge_read_out_from_mf_vectors_is_the_fold_in_baseline() -> None:
     chosen = init_ridge_from_mf(model, hist, Window(-(2**62), t1), Window(t1, t2), per_user=3)
     # The baseline's own search (deterministic) picks the same fit and fold-in L2.
     val_t = classic.Targets.of(hist, Window(t1, t2), 3)
-    grid = classic.mf_grid(hist, t1, val_t, (3,), classic.MF_L2_GRID)
-    fit, want_chosen, _ = classic.choose_fold_in(hist, val_t, grid, classic.FOLD_IN_L2_GRID)
+    grid = classic.mf_grid(hist, t1, val_t, (3,), pretrain.MF_L2_GRID)
+    fit, want_chosen, _ = classic.choose_fold_in(hist, val_t, grid, pretrain.FOLD_IN_L2_GRID)
     assert {k: chosen[k] for k in want_chosen} == want_chosen
     assert model.spec.ridge_l2 == ridge.l2 == want_chosen["fold_in_l2"]
     test_t = classic.Targets.of(hist, Window(t2, 2**62), 3)
