@@ -159,10 +159,11 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if model.ridge is not None:  # the ridge read-out's responses are centred on the data's
+        from summarizer.training import classic, pretrain
+
         in_window = (hist.ts >= train_window.start) & (hist.ts < train_window.end)
-        r = np.where(np.isnan(hist.weight), hist.labels, hist.weight)[in_window]
+        r = classic.response(hist)[in_window]
         model.ridge.set_mean_response(float(r.mean()) if len(r) else 0.0)
-        from summarizer.training import pretrain
 
         chosen: dict[str, float] | None = None
         if cfg.pretrain_items == "mf":
