@@ -29,12 +29,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@printf '# The demo: the default VISTA (K=16 summary tokens + the ridge read-out over k=64 item\n# vectors started from MF) with a GSU (each candidate also attends to its top-32 memory-bank\n# tokens), on synthetic data with a 1,000-item vocabulary (50 topics x 20 items; at the\n# default 20,000 items see BENCHMARKS.md, issue 21).\n[synth]\nn_users = 500\nn_topics = 50\nitems_per_topic = 20\nmax_events = 2500\nn_old_interests = 6\nn_current_interests = 2\n[model]\ngsu_k = 32\n[memory]\nenabled = true\n' > $(DEMO_DIR)/vista.toml
+	@printf '# The demo: the default VISTA (K=16 summary tokens + the ridge read-out over k=64 item\n# vectors started from the item co-occurrence SVD) with a GSU (each candidate also attends to its top-32 memory-bank\n# tokens), on synthetic data with a 1,000-item vocabulary (50 topics x 20 items; at the\n# default 20,000 items see BENCHMARKS.md, issue 21).\n[synth]\nn_users = 500\nn_topics = 50\nitems_per_topic = 20\nmax_events = 2500\nn_old_interests = 6\nn_current_interests = 2\n[model]\ngsu_k = 32\n[memory]\nenabled = true\n' > $(DEMO_DIR)/vista.toml
 	@echo "== 1. generate a synthetic lifelong dataset (power-law lengths, bad rows injected)"
 	cd $(DEMO_DIR) && VISTA_SYNTH__END_DATE=$$(date -u -d yesterday +%F) ../$(BIN)/vista data synth --quiet
 	@echo "== 2. validate every day with Spark (local[*]): bad rows go to quarantine with a reason, nothing is lost"
 	cd $(DEMO_DIR) && ../$(BIN)/vista job validate --all 2>&1 | $(SPARK_FILTER)
-	@echo "== 3. train the default VISTA (the MF start, then 1 epoch: early stopping keeps whichever has the better validation AUC) and, on the same split, the no-history model beside it"
+	@echo "== 3. train the default VISTA (the co-occurrence start, then 1 epoch: early stopping keeps whichever has the better validation AUC) and, on the same split, the no-history model beside it"
 	cd $(DEMO_DIR) && ../$(BIN)/vista train --epochs 1 --baseline
 	@echo "== 4. summarize every user with Spark up to the day before yesterday: workers fold histories and stage rows, nothing visible yet"
 	cd $(DEMO_DIR) && ../$(BIN)/vista job summarize --full --date $$(date -u -d '2 days ago' +%F) 2>&1 | $(SPARK_FILTER)

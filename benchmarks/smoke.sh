@@ -20,6 +20,7 @@ run $PY benchmarks/scorer_memory.py --work "$T/scorer_memory" --users 4 --banks 
 run $VISTA data synth --users 30 --max-events 400 --seed 1 --out "$T/synth/events" --quiet
 run $VISTA data validate --input "$T/synth/events" --valid-out "$T/synth/valid" --quarantine-out "$T/synth/q" --quiet
 run $PY benchmarks/synthetic_oracle.py "$T/synth/valid" --topics 400 --targets 8
+run $PY benchmarks/item_vector_probe.py "$T/synth/valid" --topics 400 --targets 8
 run $PY benchmarks/train_throughput.py "$T/synth/valid" --epochs 1 --threads 1
 run $PY benchmarks/batch_jobs.py --work "$T/batch" --users 40 --max-events 600 --giants 1 --min-events 20
 echo "bench-smoke: every benchmark ran"

@@ -80,11 +80,17 @@ class TrainConfig(Section):
         "default, it lowered test AUC on ml-latest-small (BENCHMARKS.md)",
     )
     rating_weight: float = Field(0.2, ge=0)
-    pretrain_items: Literal["none", "mf", "table"] = Field(
-        "mf",
-        description="where a ridge read-out's item vectors start: MF of the training window "
-        "fitted in process, L2s chosen on validation (summarizer/training/pretrain.py); the "
-        "store's item_vectors table (`vista job item-vectors`); or at random",
+    pretrain_items: Literal["none", "cooccurrence", "mf", "table"] = Field(
+        "cooccurrence",
+        description="where a ridge read-out's item vectors start, fitted in process on the "
+        "training window with L2s chosen on validation (summarizer/training/pretrain.py): the "
+        "item co-occurrence SVD (who saw what) or MF of the labels; else the store's "
+        "item_vectors table (`vista job item-vectors`, MF by ALS), or at random",
+    )
+    pretrain_item_table: Literal["none", "cooccurrence"] = Field(
+        "none",
+        description="where the shared item table (every model's events and candidates) "
+        "starts: at random, or from the item co-occurrence SVD of the training window",
     )
     item_vectors_version: int | None = Field(
         None, ge=1, description="pretrain_items = 'table': the table version (unset: latest)"

@@ -142,6 +142,21 @@ class ItemEmbedding(nn.Module):
         h1, h2 = hash_ids(ids, self.buckets)
         return self.table_a(h1) + self.table_b(h2)
 
+    @torch.no_grad()
+    def load_vectors(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Start from pretrained item vectors (n, w <= dim), rescaled to the table's init
+        scale (per-coordinate RMS ``INIT_STD``): each item's first-hash row takes its vector
+        (zero-padded), its second-hash row zero; the other rows keep their random start."""
+        n, w = vectors.shape
+        dim = self.table_a.weight.shape[1]
+        if n != item_ids.shape[0] or w > dim:
+            raise ValueError(f"item vectors must be ({item_ids.shape[0]}, <= {dim}), got {(n, w)}")
+        rms = vectors.square().mean().sqrt().clamp_min(1e-12)
+        h1, h2 = hash_ids(item_ids, self.buckets)
+        self.table_b.weight[h2] = 0.0
+        self.table_a.weight[h1] = 0.0
+        self.table_a.weight[h1, :w] = (vectors * (INIT_STD / rms)).to(self.table_a.weight.dtype)
+
     def squared_norm(self, ids: torch.Tensor) -> torch.Tensor:
         """Squared L2 norm of the rows ``ids`` look up, both tables (n,)."""
         h1, h2 = hash_ids(ids, self.buckets)

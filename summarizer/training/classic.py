@@ -23,7 +23,12 @@ grid, never on the test window.
 * **MF, user folded in**: the same item vectors and biases, and for every target the
   user's ``(p_u, b_u)`` solved from the events before it (ridge; two mergeable sums of
   the history, ``sum x x^T`` and ``sum x r``) -- what a deployed MF does for a user it
-  has not been retrained on, and the strongest of these rows on a temporal split.
+  has not been retrained on;
+* **co-occurrence SVD, user folded in**: the same fold-in over item vectors that come from
+  who-saw-what rather than from the labels -- the truncated SVD of the degree-normalized
+  user x item matrix of the training window (exposures or engaged events, chosen on
+  validation). Where items are seen ~10 times each, this places them better than MF of
+  the labels does (BENCHMARKS.md, issue 21).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ MF_FACTORS_GRID = (32, 64, 128)
 MF_L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 FOLD_IN_L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 MF_MAX_ITERATIONS = 30
+COOC_FACTORS_GRID = (16, 32, 64)
+COOC_L2_GRID = (1.0, 3.0, 10.0, 30.0)
+COOC_BIAS_L2 = 10.0  # the item biases' shrinkage, as the item-vectors job's bias_l2
 CLASSIC_ROWS = (
     "item bias",
     "user bias",
@@ -52,6 +60,7 @@ CLASSIC_ROWS = (
     "history heuristic",
     "biased MF",
     "MF, user folded in",
+    "co-occurrence SVD, user folded in",
 )
 
 
@@ -231,30 +240,63 @@ def fit_mf(
 
 def fold_in_scores(fit: MFFit, hist: Histories, targets: Targets) -> np.ndarray:
     """MF scores with each target's user vector solved from the events before it: ridge of
-    ``r - mu - b_i`` on ``[q_i, 1]`` over the history (items unseen in training add
-    nothing), from running sums of ``x x^T`` and ``x r`` -- sums that fold like a summary."""
+    ``r - mu - b_i`` on ``[q_i, 1]`` over the history (an item unseen in training has
+    ``q = 0, b = 0``: its event still tells the user's mean), from running sums of
+    ``x x^T`` and ``x r`` -- sums that fold like a summary, and what the model's ridge
+    read-out computes from its started tables."""
     k = fit.item_vec.shape[1] - 1
     rows, known = fit.item_rows(hist.item_id)
-    x = np.concatenate([fit.item_vec[rows, :k], np.ones((len(rows), 1))], 1) * known[:, None]
-    y = (response(hist) - fit.mu - fit.item_vec[rows, k]) * known
-    out = np.empty(len(targets.idx))
-    reg = fit.lam * np.eye(k + 1)
+    x = np.concatenate([fit.item_vec[rows, :k] * known[:, None], np.ones((len(rows), 1))], 1)
+    y = response(hist) - fit.mu - np.where(known, fit.item_vec[rows, k], 0.0)
+    w = ridge_preferences(x, y, hist, targets, fit.lam)
     cand_rows, cand_known = fit.item_rows(hist.item_id[targets.idx])
-    for u in np.unique(targets.user):
-        sel = np.flatnonzero(targets.user == u)
-        sel = sel[np.argsort(targets.pos[sel], kind="stable")]
-        a = int(hist.offsets[u])
-        xx, xy, done = np.zeros((k + 1, k + 1)), np.zeros(k + 1), 0
-        for j in sel:  # the user's targets in order: add the events between them
-            p = int(targets.pos[j])
-            if p > done:
-                xa, ya = x[a + done : a + p], y[a + done : a + p]
-                xx += xa.T @ xa
-                xy += xa.T @ ya
-                done = p
-            w = np.linalg.solve(xx + reg, xy)
-            q = fit.item_vec[cand_rows[j]]
-            out[j] = fit.mu + (q[:k] @ w[:k] + w[k] + q[k] if cand_known[j] else w[k])
+    q = fit.item_vec[cand_rows]
+    dot = (q[:, :k] * w[:, :k]).sum(1) + q[:, k]
+    return fit.mu + w[:, k] + np.where(cand_known, dot, 0.0)
+
+
+def ridge_preferences(
+    x: np.ndarray,
+    y: np.ndarray,
+    hist: Histories,
+    targets: Targets,
+    lam: float,
+    block: int = 512,
+) -> np.ndarray:
+    """Per target, the ridge solution ``(sum x x^T + lam I)^-1 sum x y`` over its user's
+    events before it (x: (n_events, d) features, y: (n_events,) responses), as (T, d).
+
+    A user's targets are taken in time order, the events between consecutive ones added to
+    running sums (the fold law of a summary); the solves are batched ``block`` at a time."""
+    d = x.shape[1]
+    out = np.empty((len(targets.idx), d))
+    order = np.lexsort((targets.pos, targets.user))
+    reg = lam * np.eye(d)
+    A_blk, b_blk, at = np.empty((block, d, d)), np.empty((block, d)), []
+    xx, xy, user, done = np.zeros((d, d)), np.zeros(d), -1, 0
+
+    def flush() -> None:
+        n = len(at)
+        out[at] = np.linalg.solve(A_blk[:n] + reg, b_blk[:n, :, None])[..., 0]
+        at.clear()
+
+    for j in order:
+        u, p = int(targets.user[j]), int(targets.pos[j])
+        if u != user:
+            user, done = u, 0
+            xx, xy = np.zeros((d, d)), np.zeros(d)
+        if p > done:
+            a = int(hist.offsets[u])
+            xa, ya = x[a + done : a + p], y[a + done : a + p]
+            xx += xa.T @ xa
+            xy += xa.T @ ya
+            done = p
+        A_blk[len(at)], b_blk[len(at)] = xx, xy
+        at.append(j)
+        if len(at) == block:
+            flush()
+    if at:
+        flush()
     return out
 
 
@@ -297,6 +339,91 @@ def choose_fold_in(
             auc = auc_score(y_val, fold_in_scores(f, hist, val_t))
             if best is None or auc > best[0]:
                 chosen = {"factors": k, "l2": lam, "iterations": its, "fold_in_l2": lam_f}
+                best = (auc, f, chosen)
+    assert best is not None, "an empty grid"
+    return best[1], best[2], best[0]
+
+
+# -- item co-occurrence SVD -----------------------------------------------------------------------
+def fit_cooccurrence(
+    hist: Histories, t1: int, factors: int, engaged: bool, bias_l2: float, seed: int = 0
+) -> MFFit:
+    """Item vectors from who-saw-what alone: the top ``factors`` right singular vectors of
+    the training window's user x item matrix (event counts -- every exposure, or only the
+    engaged ones) normalized by degree -- each user's row by ``1/sqrt(1 + row sum)``, then
+    each item's column by ``1/sqrt(1 + its column sum)`` (a popular item or a long history
+    does not dominate; the order measured better on validation than the symmetric
+    ``D_u^-1/2 X D_i^-1/2``, BENCHMARKS.md) -- scaled to unit mean square; biases are
+    shrunk item means of the response (``bias_l2``). A truncated randomized SVD over the sparse matrix
+    (``torch.svd_lowrank``, 10 power iterations: within noise of the exact one,
+    BENCHMARKS.md). The labels enter only the biases: what places items near each other is
+    that the same users were shown (or took) them. Scored as a fold-in (``fold_in_scores``):
+    its ``user_vec`` is zero."""
+    import torch
+
+    m = train_mask(hist, t1)
+    users, items, r = event_users(hist)[m], hist.item_id[m], response(hist)[m]
+    uniq, inv = np.unique(items, return_inverse=True)
+    n_items = len(uniq)
+    mu = float(r.mean()) if len(r) else 0.0
+    b_item = np.bincount(inv, weights=r - mu, minlength=n_items)
+    b_item /= np.bincount(inv, minlength=n_items) + bias_l2
+    keep = hist.labels[m] > 0 if engaged else np.ones(len(inv), dtype=bool)
+    key, counts = np.unique(users[keep] * n_items + inv[keep], return_counts=True)
+    row, col, val = key // n_items, key % n_items, counts.astype(np.float64)
+    val /= np.sqrt(np.bincount(row, weights=val, minlength=hist.n_users)[row] + 1.0)
+    val /= np.sqrt(np.bincount(col, weights=val, minlength=n_items)[col] + 1.0)
+    vec = np.zeros((n_items, factors))
+    k = min(factors, hist.n_users, n_items)
+    if len(val) and k > 0:
+        X = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([row, col])),
+            torch.from_numpy(val),
+            (hist.n_users, n_items),
+            check_invariants=True,
+        ).coalesce()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            _, _, V = torch.svd_lowrank(X, q=min(k + 16, hist.n_users, n_items), niter=10)
+        finally:
+            torch.random.set_rng_state(state)
+        vec[:, :k] = V[:, :k].numpy() * np.sqrt(n_items / k)
+    index = dict(zip(uniq.tolist(), range(n_items), strict=True))
+    item_vec = np.concatenate([vec, b_item[:, None]], 1)
+    return MFFit(mu, np.zeros((hist.n_users, factors + 1)), index, item_vec, 1.0)
+
+
+CoocGrid = list[tuple[int, bool, MFFit]]  # (factors, engaged only, fit)
+
+
+def cooccurrence_grid(
+    hist: Histories,
+    t1: int,
+    factors: tuple[int, ...],
+    bias_l2: float = COOC_BIAS_L2,
+    seed: int = 0,
+) -> CoocGrid:
+    """``fit_cooccurrence`` for every width and both matrices (exposures, engaged events)."""
+    return [
+        (k, e, fit_cooccurrence(hist, t1, k, e, bias_l2, seed))
+        for k in factors
+        for e in (False, True)
+    ]
+
+
+def choose_cooccurrence(
+    hist: Histories, val_t: Targets, grid: CoocGrid, fold_in_l2: tuple[float, ...]
+) -> tuple[MFFit, dict[str, float], float]:
+    """The (matrix, width, fold-in L2) of the best validation AUC of the folded-in scores."""
+    y_val = hist.labels[val_t.idx]
+    best: tuple[float, MFFit, dict[str, float]] | None = None
+    for k, engaged, fit in grid:
+        for lam_f in fold_in_l2:
+            f = dataclasses.replace(fit, lam=lam_f)
+            auc = auc_score(y_val, fold_in_scores(f, hist, val_t))
+            if best is None or auc > best[0]:
+                chosen = {"factors": k, "engaged_only": float(engaged), "fold_in_l2": lam_f}
                 best = (auc, f, chosen)
     assert best is not None, "an empty grid"
     return best[1], best[2], best[0]
@@ -461,4 +588,17 @@ def evaluate_classic(
                 t0,
                 chosen,
             )
+    if want("co-occurrence SVD, user folded in"):
+        t0 = time.perf_counter()
+        cooc = cooccurrence_grid(hist, t1, COOC_FACTORS_GRID)
+        best_cooc, chosen_c, _ = choose_cooccurrence(hist, val_t, cooc, COOC_L2_GRID)
+        k = int(chosen_c["factors"])
+        add(
+            "co-occurrence SVD, user folded in",
+            lambda t: fold_in_scores(best_cooc, hist, t),
+            best_cooc.item_vec.size,
+            (2 * (k + 1) + (k + 1) ** 3 / 512) / 1e6,
+            t0,
+            chosen_c,
+        )
     return out

@@ -40,7 +40,8 @@ RIDGE_K = 64  # item-vector width of the ridge read-out when the configured mode
 
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
     """The rows of ``vista evaluate``: the baselines, the configured VISTA (``[model]``: by
-    default K=16 with the ridge read-out, its item vectors started from MF), what it is
+    default K=16 with the ridge read-out, its item vectors started from the item
+    co-occurrence SVD), what it is
     without each of its parts, and the options that win somewhere (BENCHMARKS.md)."""
 
     def spec(**kw: object) -> ModelSpec:
@@ -61,7 +62,12 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             f"append + cross-attn (LinkedIn), last {last_k}", spec(kind="linkedin", last_k=last_k)
         ),
         Variant("full-history target attention", spec(kind="full")),
-        Variant(f"VISTA K={K} + ridge read-out k={k_ridge} (MF start)", vista),
+        Variant(f"VISTA K={K} + ridge read-out k={k_ridge} (co-occurrence start)", vista),
+        Variant(
+            f"VISTA K={K} + ridge read-out k={k_ridge} (MF start)",
+            vista,
+            {"pretrain_items": "mf"},
+        ),
         Variant(
             f"VISTA K={K} + ridge read-out k={k_ridge} (random start)",
             vista,

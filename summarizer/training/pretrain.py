@@ -1,11 +1,15 @@
-"""Pretrained item vectors for the ridge read-out: matrix factorization of the training window.
+"""Pretrained item vectors for the ridge read-out: fitted on the training window alone.
+
+Two starts, each the item side of a classic fold-in baseline (summarizer/training/classic.py):
+the item co-occurrence SVD (the default: who-saw-what places items, which is what data with
+few events an item can still tell) and biased matrix factorization of the labels.
 
 The ridge read-out learns its item vectors end to end, but from a random start it needs
-many epochs and ends below the classic fold-in; started from the item factors and biases
-of a biased matrix factorization fitted by alternating least squares on the training
-window alone, the untrained read-out *is* the "MF, user folded in" baseline, and training
-goes on from there (BENCHMARKS.md, issue 21). The factorization's L2 and the read-out's
-ridge L2 are chosen jointly on validation AUC, by the baseline's own search.
+many epochs and ends below the classic fold-in; started from a baseline's item vectors and
+biases, the untrained read-out *is* that baseline ("co-occurrence SVD, user folded in" or
+"MF, user folded in"), and training goes on from there (BENCHMARKS.md, issue 21). The
+start's hyper-parameters and the read-out's ridge L2 are chosen jointly on validation AUC,
+by the baseline's own search.
 """
 
 from __future__ import annotations
@@ -79,13 +83,71 @@ def init_ridge_from_mf(
     val_t = classic.Targets.of(hist, val_window, per_user)
     grid = classic.mf_grid(hist, train_window.end, val_t, (ridge.dim,), MF_L2_GRID, seed=seed)
     fit, chosen, val_auc = classic.choose_fold_in(hist, val_t, grid, FOLD_IN_L2_GRID)
+    _load_fit(model, fit)
+    return {**chosen, "fold_in_val_auc": val_auc}
+
+
+def init_ridge_from_cooccurrence(
+    model: VistaModel,
+    hist: Histories,
+    train_window: Window,
+    val_window: Window,
+    per_user: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Start the read-out from the item co-occurrence SVD of events before
+    ``train_window.end`` (``classic.fit_cooccurrence``): its matrix (exposures or engaged
+    events), width (at most the read-out's; the rest of each vector starts at zero) and the
+    fold-in L2 chosen on the validation targets. Returns what was chosen."""
+    ridge = model.ridge
+    if ridge is None:
+        raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
+    val_t = classic.Targets.of(hist, val_window, per_user)
+    widths = tuple(k for k in classic.COOC_FACTORS_GRID if k <= ridge.dim) or (ridge.dim,)
+    grid = classic.cooccurrence_grid(hist, train_window.end, widths, seed=seed)
+    fit, chosen, val_auc = classic.choose_cooccurrence(hist, val_t, grid, classic.COOC_L2_GRID)
+    _load_fit(model, fit)
+    return {**chosen, "fold_in_val_auc": val_auc}
+
+
+def init_items_from_cooccurrence(
+    model: VistaModel,
+    hist: Histories,
+    train_window: Window,
+    val_window: Window,
+    per_user: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Start the shared item table (events and candidates, every model kind) from the item
+    co-occurrence SVD of events before ``train_window.end``: the matrix and width (at most
+    the table's) whose fold-in reads validation best, as for the ridge read-out."""
+    dim = model.items.table_a.weight.shape[1]
+    val_t = classic.Targets.of(hist, val_window, per_user)
+    widths = tuple(k for k in classic.COOC_FACTORS_GRID if k <= dim) or (dim,)
+    grid = classic.cooccurrence_grid(hist, train_window.end, widths, seed=seed)
+    fit, chosen, val_auc = classic.choose_cooccurrence(hist, val_t, grid, classic.COOC_L2_GRID)
+    ids = np.array(sorted(fit.item_index), dtype=np.int64)
+    vec = fit.item_vec[[fit.item_index[int(i)] for i in ids], :-1]
+    model.items.load_vectors(torch.tensor(ids), torch.tensor(vec, dtype=torch.float32))
+    return {**chosen, "fold_in_val_auc": val_auc}
+
+
+def _load_fit(model: VistaModel, fit: classic.MFFit) -> None:
+    """A fold-in's item vectors (zero-padded to the read-out's width), biases, mean response
+    and L2 into the read-out: the untrained read-out then scores as that fold-in does."""
+    ridge = model.ridge
+    assert ridge is not None
     ids = np.array(sorted(fit.item_index), dtype=np.int64)
     vec = fit.item_vec[[fit.item_index[int(i)] for i in ids]]
-    load_item_vectors(model, ids, vec[:, : ridge.dim], vec[:, ridge.dim])
+    k = vec.shape[1] - 1
+    if k > ridge.dim:
+        raise ValueError(f"{k} item factors do not fit a {ridge.dim}-wide ridge read-out")
+    padded = np.zeros((len(ids), ridge.dim))
+    padded[:, :k] = vec[:, :k]
+    load_item_vectors(model, ids, padded, vec[:, k])
     ridge.set_mean_response(fit.mu)
     start_rating_at_mean(model, fit.mu)
-    set_ridge_l2(model, chosen["fold_in_l2"])
-    return {**chosen, "fold_in_val_auc": val_auc}
+    set_ridge_l2(model, fit.lam)
 
 
 def init_ridge_from_table(

@@ -158,6 +158,14 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.pretrain_item_table == "cooccurrence":
+        from summarizer.training import pretrain
+
+        chosen_items = pretrain.init_items_from_cooccurrence(
+            model, hist, train_window, val_window, cfg.eval_targets_per_user, cfg.seed
+        )
+        if progress:
+            print(f"item table started from cooccurrence item vectors: {chosen_items}")
     if model.ridge is not None:  # the ridge read-out's responses are centred on the data's
         from summarizer.training import classic, pretrain
 
@@ -166,8 +174,13 @@ def train(
         model.ridge.set_mean_response(float(r.mean()) if len(r) else 0.0)
 
         chosen: dict[str, float] | None = None
-        if cfg.pretrain_items == "mf":
-            chosen = pretrain.init_ridge_from_mf(
+        if cfg.pretrain_items in ("cooccurrence", "mf"):
+            start = (
+                pretrain.init_ridge_from_cooccurrence
+                if cfg.pretrain_items == "cooccurrence"
+                else pretrain.init_ridge_from_mf
+            )
+            chosen = start(
                 model, hist, train_window, val_window, cfg.eval_targets_per_user, cfg.seed
             )
         elif cfg.pretrain_items == "table":

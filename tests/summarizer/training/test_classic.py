@@ -100,6 +100,34 @@ def test_fold_in_solves_each_targets_ridge_from_the_history_before_it() -> None:
         assert got[j] == pytest.approx(3.0 + q[:2] @ w[:2] + w[2] + q[2])
 
 
+def test_an_item_unseen_in_training_still_tells_the_users_mean_in_the_fold_in() -> None:
+    """Item 4 has no vector (q = 0, b = 0): its events enter only the user's constant term."""
+    rng = np.random.default_rng(2)
+    items = np.array([1, 2, 3])
+    fit = classic.MFFit(
+        mu=3.0,
+        user_vec=np.zeros((HIST.n_users, 3)),
+        item_index={int(i): j for j, i in enumerate(items)},
+        item_vec=rng.normal(size=(3, 3)),
+        lam=0.7,
+    )
+    targets = classic.Targets.of(HIST, Window(0, 2**62), per_user=100)
+    got = classic.fold_in_scores(fit, HIST, targets)
+    r = classic.response(HIST)
+    for j, (u, p) in enumerate(zip(targets.user, targets.pos, strict=True)):
+        a = HIST.offsets[u]
+        seen = HIST.item_id[a : a + p]
+        q = np.array(
+            [fit.item_vec[fit.item_index[int(i)]] if i != 4 else np.zeros(3) for i in seen]
+        )
+        X = np.concatenate([q[:, :2], np.ones((p, 1))], 1) if p else np.zeros((0, 3))
+        y = r[a : a + p] - 3.0 - (q[:, 2] if p else 0.0)
+        w = np.linalg.solve(X.T @ X + 0.7 * np.eye(3), X.T @ y)
+        c = int(HIST.item_id[a + p])
+        qc = fit.item_vec[fit.item_index[c]] if c != 4 else np.zeros(3)
+        assert got[j] == pytest.approx(3.0 + qc[:2] @ w[:2] + w[2] + qc[2])
+
+
 def test_mf_finds_planted_structure_that_biases_cannot() -> None:
     """Ratings from two user groups x two item groups (a rank-one interaction, no biases):
     every bias row is at chance on held-out pairs, MF and its fold-in are not."""
@@ -133,7 +161,52 @@ def test_mf_finds_planted_structure_that_biases_cannot() -> None:
         "history heuristic",
         "biased MF",
         "MF, user folded in",
+        "co-occurrence SVD, user folded in",
     }
     assert results["user + item bias"].test.auc < 0.65
     assert results["biased MF"].test.auc > 0.95
     assert results["MF, user folded in"].test.auc > 0.95
+    # Who engaged with what is the structure here (every user is shown a random half).
+    cooc = results["co-occurrence SVD, user folded in"]
+    assert cooc.chosen["engaged_only"] == 1.0
+    assert cooc.test.auc > 0.9  # the production grid (16+ factors) on 40 items
+
+
+def test_cooccurrence_vectors_span_the_top_singular_subspace_of_the_normalized_matrix() -> None:
+    rng = np.random.default_rng(5)
+    rows = [
+        [(int(i), float(rng.integers(1, 6))) for i in rng.integers(0, 12, 15)] for _ in range(9)
+    ]
+    hist = tiny(rows)
+    t1 = int(hist.ts.max()) + 1
+    for engaged in (False, True):
+        fit = classic.fit_cooccurrence(hist, t1, factors=3, engaged=engaged, bias_l2=2.0)
+        items = np.array(sorted(fit.item_index))
+        X = np.zeros((hist.n_users, len(items)))
+        keep = hist.labels.astype(bool) if engaged else np.ones(hist.n_events, dtype=bool)
+        users = classic.event_users(hist)
+        np.add.at(X, (users[keep], np.searchsorted(items, hist.item_id[keep])), 1.0)
+        X /= np.sqrt(X.sum(1, keepdims=True) + 1.0)
+        X /= np.sqrt(X.sum(0, keepdims=True) + 1.0)
+        V = np.linalg.svd(X)[2][:3].T
+        got = fit.item_vec[[fit.item_index[int(i)] for i in items], :3] / np.sqrt(len(items) / 3)
+        np.testing.assert_allclose(got @ got.T, V @ V.T, atol=1e-6)
+        # The biases: each item's shrunk mean residual of the response.
+        r = classic.response(hist)
+        i0 = int(items[0])
+        sel = hist.item_id == i0
+        want = (r[sel] - r.mean()).sum() / (sel.sum() + 2.0)
+        assert fit.item_vec[fit.item_index[i0], 3] == pytest.approx(want)
+
+
+def test_cooccurrence_vectors_of_exposures_do_not_read_the_labels() -> None:
+    rng = np.random.default_rng(6)
+    rows = [
+        [(int(i), float(rng.integers(1, 6))) for i in rng.integers(0, 12, 15)] for _ in range(9)
+    ]
+    hist = tiny(rows)
+    flipped = tiny([[(i, 6.0 - r) for i, r in row] for row in rows])
+    t1 = int(hist.ts.max()) + 1
+    a = classic.fit_cooccurrence(hist, t1, factors=3, engaged=False, bias_l2=2.0)
+    b = classic.fit_cooccurrence(flipped, t1, factors=3, engaged=False, bias_l2=2.0)
+    np.testing.assert_allclose(a.item_vec[:, :3], b.item_vec[:, :3])
