@@ -272,7 +272,8 @@ def ridge_preferences(
     out = np.empty((len(targets.idx), d))
     order = np.lexsort((targets.pos, targets.user))
     reg = lam * np.eye(d)
-    A_blk, b_blk, at = np.empty((block, d, d)), np.empty((block, d)), []
+    A_blk, b_blk = np.empty((block, d, d)), np.empty((block, d))
+    at: list[int] = []
     xx, xy, user, done = np.zeros((d, d)), np.zeros(d), -1, 0
 
     def flush() -> None:
@@ -292,7 +293,7 @@ def ridge_preferences(
             xy += xa.T @ ya
             done = p
         A_blk[len(at)], b_blk[len(at)] = xx, xy
-        at.append(j)
+        at.append(int(j))
         if len(at) == block:
             flush()
     if at:
@@ -366,8 +367,9 @@ def fit_cooccurrence(
     uniq, inv = np.unique(items, return_inverse=True)
     n_items = len(uniq)
     mu = float(r.mean()) if len(r) else 0.0
-    b_item = np.bincount(inv, weights=r - mu, minlength=n_items)
-    b_item /= np.bincount(inv, minlength=n_items) + bias_l2
+    b_item = np.bincount(inv, weights=r - mu, minlength=n_items) / (
+        np.bincount(inv, minlength=n_items) + bias_l2
+    )
     keep = hist.labels[m] > 0 if engaged else np.ones(len(inv), dtype=bool)
     key, counts = np.unique(users[keep] * n_items + inv[keep], return_counts=True)
     row, col, val = key // n_items, key % n_items, counts.astype(np.float64)
