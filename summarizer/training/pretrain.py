@@ -102,12 +102,26 @@ def init_ridge_from_cooccurrence(
     ridge = model.ridge
     if ridge is None:
         raise ValueError("this model has no ridge read-out (ModelSpec.ridge_dim == 0)")
+    fit, chosen = _cooccurrence_search(hist, train_window, val_window, per_user, ridge.dim, seed)
+    _load_fit(model, fit)
+    return chosen
+
+
+def _cooccurrence_search(
+    hist: Histories,
+    train_window: Window,
+    val_window: Window,
+    per_user: int,
+    max_width: int,
+    seed: int,
+) -> tuple[classic.MFFit, dict[str, float]]:
+    """The co-occurrence fold-in baseline's own search, widths at most ``max_width``: the
+    fit and what was chosen (with its validation AUC)."""
     val_t = classic.Targets.of(hist, val_window, per_user)
-    widths = tuple(k for k in classic.COOC_FACTORS_GRID if k <= ridge.dim) or (ridge.dim,)
+    widths = tuple(k for k in classic.COOC_FACTORS_GRID if k <= max_width) or (max_width,)
     grid = classic.cooccurrence_grid(hist, train_window.end, widths, seed=seed)
     fit, chosen, val_auc = classic.choose_cooccurrence(hist, val_t, grid, classic.COOC_L2_GRID)
-    _load_fit(model, fit)
-    return {**chosen, "fold_in_val_auc": val_auc}
+    return fit, {**chosen, "fold_in_val_auc": val_auc}
 
 
 def init_items_from_cooccurrence(
@@ -122,14 +136,11 @@ def init_items_from_cooccurrence(
     co-occurrence SVD of events before ``train_window.end``: the matrix and width (at most
     the table's) whose fold-in reads validation best, as for the ridge read-out."""
     dim = model.items.table_a.weight.shape[1]
-    val_t = classic.Targets.of(hist, val_window, per_user)
-    widths = tuple(k for k in classic.COOC_FACTORS_GRID if k <= dim) or (dim,)
-    grid = classic.cooccurrence_grid(hist, train_window.end, widths, seed=seed)
-    fit, chosen, val_auc = classic.choose_cooccurrence(hist, val_t, grid, classic.COOC_L2_GRID)
+    fit, chosen = _cooccurrence_search(hist, train_window, val_window, per_user, dim, seed)
     ids = np.array(sorted(fit.item_index), dtype=np.int64)
     vec = fit.item_vec[[fit.item_index[int(i)] for i in ids], :-1]
     model.items.load_vectors(torch.tensor(ids), torch.tensor(vec, dtype=torch.float32))
-    return {**chosen, "fold_in_val_auc": val_auc}
+    return chosen
 
 
 def _load_fit(model: VistaModel, fit: classic.MFFit) -> None:

@@ -77,54 +77,34 @@ def test_history_means_read_every_event_before_the_target() -> None:
         assert got[j] == pytest.approx((r[a : a + p].sum() + 2.0 * 3.0) / (p + 2.0))
 
 
-def test_fold_in_solves_each_targets_ridge_from_the_history_before_it() -> None:
+@pytest.mark.parametrize("known", [(1, 2, 3, 4), (1, 2, 3)])
+def test_fold_in_solves_each_targets_ridge_from_the_history_before_it(
+    known: tuple[int, ...],
+) -> None:
+    """An item the fit does not know (4, in the second case) has q = 0 and b = 0: its
+    events enter only the user's constant term, as in the model's read-out."""
     rng = np.random.default_rng(0)
-    items = np.unique(HIST.item_id)
     fit = classic.MFFit(
         mu=3.0,
         user_vec=np.zeros((HIST.n_users, 3)),
-        item_index={int(i): j for j, i in enumerate(items)},
-        item_vec=rng.normal(size=(len(items), 3)),
+        item_index={i: j for j, i in enumerate(known)},
+        item_vec=rng.normal(size=(len(known), 3)),
         lam=0.7,
     )
+
+    def vec(i: int) -> np.ndarray:
+        return fit.item_vec[fit.item_index[i]] if i in fit.item_index else np.zeros(3)
+
     targets = classic.Targets.of(HIST, Window(0, 2**62), per_user=100)
     got = classic.fold_in_scores(fit, HIST, targets)
     r = classic.response(HIST)
     for j, (u, p) in enumerate(zip(targets.user, targets.pos, strict=True)):
         a = HIST.offsets[u]
-        rows = [fit.item_index[int(i)] for i in HIST.item_id[a : a + p]]
-        X = np.concatenate([fit.item_vec[rows, :2], np.ones((p, 1))], 1)
-        y = r[a : a + p] - 3.0 - fit.item_vec[rows, 2]
+        q = np.array([vec(int(i)) for i in HIST.item_id[a : a + p]]).reshape(p, 3)
+        X = np.concatenate([q[:, :2], np.ones((p, 1))], 1)
+        y = r[a : a + p] - 3.0 - q[:, 2]
         w = np.linalg.solve(X.T @ X + 0.7 * np.eye(3), X.T @ y)
-        q = fit.item_vec[fit.item_index[int(HIST.item_id[a + p])]]
-        assert got[j] == pytest.approx(3.0 + q[:2] @ w[:2] + w[2] + q[2])
-
-
-def test_an_item_unseen_in_training_still_tells_the_users_mean_in_the_fold_in() -> None:
-    """Item 4 has no vector (q = 0, b = 0): its events enter only the user's constant term."""
-    rng = np.random.default_rng(2)
-    items = np.array([1, 2, 3])
-    fit = classic.MFFit(
-        mu=3.0,
-        user_vec=np.zeros((HIST.n_users, 3)),
-        item_index={int(i): j for j, i in enumerate(items)},
-        item_vec=rng.normal(size=(3, 3)),
-        lam=0.7,
-    )
-    targets = classic.Targets.of(HIST, Window(0, 2**62), per_user=100)
-    got = classic.fold_in_scores(fit, HIST, targets)
-    r = classic.response(HIST)
-    for j, (u, p) in enumerate(zip(targets.user, targets.pos, strict=True)):
-        a = HIST.offsets[u]
-        seen = HIST.item_id[a : a + p]
-        q = np.array(
-            [fit.item_vec[fit.item_index[int(i)]] if i != 4 else np.zeros(3) for i in seen]
-        )
-        X = np.concatenate([q[:, :2], np.ones((p, 1))], 1) if p else np.zeros((0, 3))
-        y = r[a : a + p] - 3.0 - (q[:, 2] if p else 0.0)
-        w = np.linalg.solve(X.T @ X + 0.7 * np.eye(3), X.T @ y)
-        c = int(HIST.item_id[a + p])
-        qc = fit.item_vec[fit.item_index[c]] if c != 4 else np.zeros(3)
+        qc = vec(int(HIST.item_id[a + p]))
         assert got[j] == pytest.approx(3.0 + qc[:2] @ w[:2] + w[2] + qc[2])
 
 
