@@ -332,15 +332,26 @@ def choose_fold_in(
 ) -> tuple[MFFit, dict[str, float], float]:
     """The (factorization, fold-in L2) of the best validation AUC of the folded-in scores:
     the fit (its ``lam`` the fold-in's), what was chosen, and that AUC."""
+    candidates = [({"factors": k, "l2": lam, "iterations": its}, f) for _, k, lam, its, f in grid]
+    return _best_fold_in(hist, val_t, candidates, fold_in_l2)
+
+
+def _best_fold_in(
+    hist: Histories,
+    val_t: Targets,
+    candidates: list[tuple[dict[str, float], MFFit]],
+    fold_in_l2: tuple[float, ...],
+) -> tuple[MFFit, dict[str, float], float]:
+    """Of every (candidate, fold-in L2), the best validation AUC of the folded-in scores:
+    the fit with that L2, its description plus ``fold_in_l2``, and the AUC."""
     y_val = hist.labels[val_t.idx]
     best: tuple[float, MFFit, dict[str, float]] | None = None
-    for _, k, lam, its, fit in grid:
+    for described, fit in candidates:
         for lam_f in fold_in_l2:
             f = dataclasses.replace(fit, lam=lam_f)
             auc = auc_score(y_val, fold_in_scores(f, hist, val_t))
             if best is None or auc > best[0]:
-                chosen = {"factors": k, "l2": lam, "iterations": its, "fold_in_l2": lam_f}
-                best = (auc, f, chosen)
+                best = (auc, f, {**described, "fold_in_l2": lam_f})
     assert best is not None, "an empty grid"
     return best[1], best[2], best[0]
 
@@ -355,8 +366,8 @@ def fit_cooccurrence(
     each item's column by ``1/sqrt(1 + its column sum)`` (a popular item or a long history
     does not dominate; the order measured better on validation than the symmetric
     ``D_u^-1/2 X D_i^-1/2``, BENCHMARKS.md) -- scaled to unit mean square; biases are
-    shrunk item means of the response (``bias_l2``). A truncated randomized SVD over the sparse matrix
-    (``torch.svd_lowrank``, 10 power iterations: within noise of the exact one,
+    shrunk item means of the response (``bias_l2``). A truncated randomized SVD over the
+    sparse matrix (``torch.svd_lowrank``, 10 power iterations: close to the exact one,
     BENCHMARKS.md). The labels enter only the biases: what places items near each other is
     that the same users were shown (or took) them. Scored as a fold-in (``fold_in_scores``):
     its ``user_vec`` is zero."""
@@ -418,17 +429,8 @@ def choose_cooccurrence(
     hist: Histories, val_t: Targets, grid: CoocGrid, fold_in_l2: tuple[float, ...]
 ) -> tuple[MFFit, dict[str, float], float]:
     """The (matrix, width, fold-in L2) of the best validation AUC of the folded-in scores."""
-    y_val = hist.labels[val_t.idx]
-    best: tuple[float, MFFit, dict[str, float]] | None = None
-    for k, engaged, fit in grid:
-        for lam_f in fold_in_l2:
-            f = dataclasses.replace(fit, lam=lam_f)
-            auc = auc_score(y_val, fold_in_scores(f, hist, val_t))
-            if best is None or auc > best[0]:
-                chosen = {"factors": k, "engaged_only": float(engaged), "fold_in_l2": lam_f}
-                best = (auc, f, chosen)
-    assert best is not None, "an empty grid"
-    return best[1], best[2], best[0]
+    candidates = [({"factors": k, "engaged_only": float(e)}, f) for k, e, f in grid]
+    return _best_fold_in(hist, val_t, candidates, fold_in_l2)
 
 
 # -- the rows ------------------------------------------------------------------------------------
