@@ -40,22 +40,23 @@ class ModelSpec(Section):
     d_model: int = Field(64, ge=8, description="d, token width")
     num_heads: int = Field(4, ge=1)
     feature_dim: int = Field(32, ge=1, description="linear-attention features per head")
-    feature_map: Literal["silu", "softmax", "seed"] = Field(
+    # Options that no table showed winning were removed (BENCHMARKS.md keeps their figures):
+    # the "seed" feature map, the "pool" read-out, the GSU picks in the summary's softmax.
+    feature_map: Literal["silu", "softmax"] = Field(
         "silu",
-        description="VISTA's SiLU (count-normalized), softmax slots (mass-normalized), or seed "
-        "(each seed a softmax over the events)",
+        description="VISTA's SiLU (count-normalized) or softmax slots (mass-normalized; with "
+        "the state read-out it learns the small-vocabulary synthetic task, BENCHMARKS.md)",
     )
     values: Literal["projected", "events"] = Field(
         "projected",
         description="what the state sums per event: a learned value projection per layer "
-        "(VISTA) or the encoded event itself",
+        "(VISTA) or the encoded event itself (the state read-out's)",
     )
-    readout: Literal["transformer", "pool", "state"] = Field(
+    readout: Literal["transformer", "state"] = Field(
         "transformer",
         description="seed read-out: VISTA's layers (read, projection, self-attention, MLP), "
-        "pool (the normalized read added to each seed, nothing learned after it), or state "
-        "(no seeds: the tokens are the state rows and each candidate reads them itself; "
-        "num_seeds = num_layers x feature_dim)",
+        "or state (no seeds: the tokens are the state rows and each candidate reads them "
+        "itself; num_seeds = num_layers x feature_dim)",
     )
     num_layers: int = Field(2, ge=1)
     item_buckets: int = Field(1 << 17, ge=16, description="hashed item-embedding rows")
@@ -79,11 +80,6 @@ class ModelSpec(Section):
         "(SIM) or TWIN-V2 cluster tokens of them (what the cluster job serves); serving reads "
         "whatever is stored",
     )
-    gsu_softmax: Literal["separate", "shared"] = Field(
-        "separate",
-        description="GSU picks in their own softmax (added to the summary attention) or in "
-        "the summary tokens' softmax (stalled training, BENCHMARKS.md)",
-    )
     ridge_dim: int = Field(
         0,
         ge=0,
@@ -98,6 +94,20 @@ class ModelSpec(Section):
         "(0: the summary alone at first); unset: no gate. None was best on the synthetic "
         "data, 0.0 on ml-latest-small (BENCHMARKS.md)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        # A model saved before gsu_softmax was removed records "separate", what every model
+        # now does: it still loads (its version, a hash of its files, is unchanged).
+        if isinstance(data, dict) and "gsu_softmax" in data:
+            data = dict(data)
+            if data.pop("gsu_softmax") != "separate":
+                raise ValueError(
+                    'gsu_softmax "shared" was removed (it stalled training, BENCHMARKS.md): '
+                    "the GSU picks always have their own softmax"
+                )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -117,10 +127,6 @@ class ModelSpec(Section):
                 raise ValueError(
                     f'readout "state" gives num_layers x feature_dim = {rows} tokens: '
                     f"num_seeds must be {rows}, got {self.num_seeds}"
-                )
-            if self.feature_map == "seed":
-                raise ValueError(
-                    'readout "state" needs the silu or softmax feature map, not "seed"'
                 )
         return self
 
@@ -155,8 +161,9 @@ class ModelConfig(ModelSpec):
 
     Its defaults are the product's default VISTA -- what ``vista train``, the demo and the
     DAGs use with no overrides: K = 16 summary tokens and the ridge read-out over k = 64
-    item vectors (started from MF of the training window, ``[train] pretrain_items``),
-    the configuration that ranks best on ml-latest-small (BENCHMARKS.md, issue 21).
+    item vectors (started from the training window's item co-occurrence SVD, ``[train]
+    pretrain_items``), the configuration that ranks best on ml-latest-small and on the
+    default-vocabulary synthetic data (BENCHMARKS.md, issue 21).
     :class:`ModelSpec`'s own defaults are the architecture's building blocks (no ridge
     read-out), which the tests and the harness's rows vary one at a time."""
 

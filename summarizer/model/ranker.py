@@ -7,10 +7,10 @@ each alone. The memory's keys and values (``project_memory``) depend only on
 the user, so they are computed once per request, not per candidate.
 
 With a memory bank (GSU), each candidate also attends to its own top-k bank
-tokens (:class:`kernels.GatheredMemory`), by default in a softmax of their own
-whose output is added to the summary attention's (``gsu_softmax="separate"``;
-"shared" puts them in the summary's softmax: on the synthetic data the summary
-tokens then took the attention and the GSU never learned, BENCHMARKS.md). The
+tokens (:class:`kernels.GatheredMemory`), in a softmax of their own whose output
+is added to the summary attention's (one shared softmax was tried and removed: on
+the synthetic data the summary tokens took the attention and the GSU never
+learned, BENCHMARKS.md). The
 search score is the attention logit summed over heads (``gsu_scores``), so the
 tokens the search picks are the ones the attention would weigh most (TWIN's
 consistency).
@@ -48,13 +48,11 @@ class CandidateRanker(nn.Module):
         heads: int,
         candidate_features: int = 0,
         rating_head: bool = False,
-        gsu_softmax: str = "separate",
         gsu_gate: float | None = None,
         state_tokens: int = 0,
         ridge: bool = False,
     ) -> None:
         super().__init__()
-        self.gsu_softmax = gsu_softmax
         # Learnable per-head gate on the GSU's attention (separate softmax next to a summary),
         # starting at ``gsu_gate`` (ModelSpec.gsu_gate; 0 = the summary alone at first; None:
         # no gate).
@@ -165,7 +163,7 @@ class CandidateRanker(nn.Module):
         if q is None:
             q = self.queries(cand)
         scale = 1.0 / math.sqrt(self.head_dim)
-        if memory is not None and self.gsu_softmax == "separate":
+        if memory is not None:
             attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale)
             none = k.new_zeros(0, *k.shape[1:])
             picked = attention(
@@ -175,7 +173,7 @@ class CandidateRanker(nn.Module):
                 picked = picked * self.gsu_gate.view(1, -1, 1)
             attn = attn + picked
         else:
-            attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale, memory=memory)
+            attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale)
         if state is not None:
             attn = attn + self.read_state(cand, *state)
         per_cand = torch.repeat_interleave(context, (q_offsets[1:] - q_offsets[:-1]).long(), dim=0)

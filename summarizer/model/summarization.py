@@ -16,11 +16,8 @@ normalized by the event count n at read-out, so:
 Read-out (cost independent of n): for each layer, seeds query the state
 (``silu(W_q x) S / n``), then attend to each other, then an MLP. With no
 events S = 0 and the tokens are the model's no-history summary.
-``readout="pool"`` keeps only the read: each layer adds the normalized read to
-the seed (no output projection, seed self-attention or MLP). A learned linear
-map between the pooled statistic and the ranker stalled training on the
-synthetic data (BENCHMARKS.md, issue 3), as did the value projection
-(``values="events"`` sums the encoded events themselves instead).
+``values="events"`` sums the encoded events themselves instead of a learned value
+projection (the state read-out's choice).
 
 ``readout="state"`` skips the seeds: the K = num_layers x feature_dim tokens are the
 normalized state rows themselves (token (l, f): feature f's value sum in layer l, every
@@ -31,16 +28,9 @@ cannot give. On the synthetic data this took VISTA alone from 0.53 to 0.84-0.87 
 (softmax slots: above last-100 DIN); on ml-latest-small it is 0.02 below the seed read-out
 (BENCHMARKS.md, issue 3).
 
-``feature_map="seed"`` replaces the shared feature space by the seeds themselves:
-each layer has K learned (user-independent) seed queries per head, and an event's
-"feature" k is its softmax weight for seed k, ``exp(clamp(q_k . k_t / sqrt(D), -cap, cap))``.
-The state row k is then ``sum_t w_tk [v_t, 1]``, and seed k reads its softmax
-average ``S[k, :D] / S[k, D]``: a seed attends *over the events* with a real
-softmax (events compete for the seed, so seeds become interest extractors, as in
-multi-interest models), and because the queries are fixed the numerator and
-denominator are plain sums -- the fold law holds exactly as for SiLU. The
-cap bounds every weight to [e^-cap, e^cap], so the sums cannot overflow and no
-running maximum is needed.
+Options that no table showed winning were removed (BENCHMARKS.md keeps their figures):
+the "seed" feature map (each seed a capped softmax over the events) and the "pool"
+read-out (the read added to each seed, nothing learned after it).
 """
 
 from __future__ import annotations
@@ -56,10 +46,9 @@ from torch import nn
 from summarizer.model.encoder import EventBatch, EventEncoder, previous_times
 from summarizer.model.ridge import RidgeMemory
 
-FEATURE_MAPS = ("silu", "softmax", "seed")
+FEATURE_MAPS = ("silu", "softmax")
 VALUE_MODES = ("projected", "events")
-READOUTS = ("transformer", "pool", "state")
-SEED_LOGIT_CAP = 20.0  # "seed" map: |logit| < cap, so event weights lie in [e^-20, e^20]
+READOUTS = ("transformer", "state")
 
 
 SHORT_SEGMENT = 64  # segments up to this many events are summed batched, by length bucket
@@ -104,45 +93,32 @@ class SummaryState:
 
 
 class SeedReadoutLayer(nn.Module):
-    def __init__(
-        self, dim: int, heads: int, feature_dim: int, query: bool = True, mix: bool = True
-    ) -> None:
+    def __init__(self, dim: int, heads: int, feature_dim: int) -> None:
         super().__init__()
         self.heads, self.feature_dim, self.head_dim = heads, feature_dim, dim // heads
-        # query=False ("seed" map): seed k reads state row k directly, no query projection.
-        self.norm_q = nn.LayerNorm(dim) if query else None
-        self.q = nn.Linear(dim, heads * feature_dim) if query else None
+        self.norm_q = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, heads * feature_dim)
         # The mean over many events of silu(k) (x) v is small (random signs cancel); normalizing
         # what the seeds read lets the history steer them from the first step.
         self.norm_read = nn.LayerNorm(dim)
-        # mix=False ("pool" read-out): the normalized read goes straight onto the seed -- no
-        # output projection, seed self-attention or MLP (see VistaSummarizer's docstring).
-        self.mix = mix
-        if mix:
-            self.out = nn.Linear(dim, dim)
-            self.norm_self = nn.LayerNorm(dim)
-            self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-            self.norm_ff = nn.LayerNorm(dim)
-            self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.out = nn.Linear(dim, dim)
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x: torch.Tensor, kv_mean: torch.Tensor) -> torch.Tensor:
         """x: (B, K, d) seeds, or (K, d) when every user's are the same (the first layer:
         its queries are then computed once, not per user); kv_mean: (B, H, F, D) normalized
-        state of this layer (``query=False``: F == K and seed k reads row k)."""
+        state of this layer."""
         B = kv_mean.shape[0]
         K, d = x.shape[-2:]
-        if self.q is None:
-            read = kv_mean.transpose(1, 2).reshape(B, K, d)
+        phi_q = F.silu(self.q(self.norm_q(x))).view(-1, K, self.heads, self.feature_dim)
+        if x.dim() == 2:
+            read = torch.einsum("khf,bhfd->bkhd", phi_q[0], kv_mean).reshape(B, K, d)
         else:
-            assert self.norm_q is not None
-            phi_q = F.silu(self.q(self.norm_q(x))).view(-1, K, self.heads, self.feature_dim)
-            if x.dim() == 2:
-                read = torch.einsum("khf,bhfd->bkhd", phi_q[0], kv_mean).reshape(B, K, d)
-            else:
-                read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
+            read = torch.einsum("bkhf,bhfd->bkhd", phi_q, kv_mean).reshape(B, K, d)
         x = x.expand(B, K, d)
-        if not self.mix:
-            return x + self.norm_read(read)
         x = x + self.out(self.norm_read(read))
         x = x + self._seed_attention(self.norm_self(x))
         return x + self.ff(self.norm_ff(x))
@@ -200,27 +176,18 @@ class VistaSummarizer(nn.Module):
         self.values = values
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        seed_map = feature_map == "seed"
-        # readout "state" needs num_seeds == layers * feature_dim and no "seed" map: ModelSpec
-        # checks both (it knows the model kind too).
-        # Width of a key per head: F features, or ("seed") D to be matched with the seed queries.
-        self.key_dim = self.head_dim if seed_map else feature_dim
-        # State rows per head: the shared features, or one per seed.
-        self.state_rows = num_seeds if seed_map else feature_dim
+        # readout "state" needs num_seeds == layers * feature_dim: ModelSpec checks it (it
+        # knows the model kind too).
+        self.key_dim = feature_dim  # F features per head
+        self.state_rows = feature_dim
         # One matmul gives every layer's keys (and projected values).
         self.value_dim = self.head_dim if values == "projected" else 0
         self.kv = nn.Linear(dim, layers * heads * (self.key_dim + self.value_dim))
-        self.seed_queries = (
-            nn.Parameter(torch.randn(layers, heads, num_seeds, self.head_dim)) if seed_map else None
-        )
         # "state" has no seeds: the tokens are the state's rows (see readout_batch).
         seeded = readout != "state"
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * 0.02) if seeded else None
         self.readout_layers = nn.ModuleList(
-            SeedReadoutLayer(
-                dim, heads, feature_dim, query=not seed_map, mix=readout == "transformer"
-            )
-            for _ in range(layers if seeded else 0)
+            SeedReadoutLayer(dim, heads, feature_dim) for _ in range(layers if seeded else 0)
         )
         self.final_norm = nn.LayerNorm(dim) if seeded else None
 
@@ -256,9 +223,7 @@ class VistaSummarizer(nn.Module):
         return SummaryState(torch.zeros(self.state_shape, dtype=torch.float64), 0, None, None)
 
     def keys_values(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded events (n, d) -> feature-mapped keys (n, L, H, F) and values (n, L, H, D+1).
-
-        ("seed": F = K, each event's unnormalized softmax weight for every seed.)"""
+        """Encoded events (n, d) -> feature-mapped keys (n, L, H, F) and values (n, L, H, D+1)."""
         n = e.shape[0]
         kv = self.kv(e).view(n, self.layers, self.heads, self.key_dim + self.value_dim)
         k = kv[..., : self.key_dim]
@@ -266,15 +231,7 @@ class VistaSummarizer(nn.Module):
             v = kv[..., self.key_dim :]
         else:
             v = e.view(n, 1, self.heads, self.head_dim).expand(n, self.layers, -1, -1)
-        if self.feature_map == "silu":
-            phi = F.silu(k)
-        elif self.feature_map == "softmax":
-            phi = torch.softmax(k, dim=-1)
-        else:
-            assert self.seed_queries is not None
-            logits = torch.einsum("nlhd,lhkd->nlhk", k, self.seed_queries) / self.head_dim**0.5
-            # A hard cap (exp of tanh was 3x the cost of the whole fold at 10^6 events).
-            phi = torch.exp(logits.clamp(-SEED_LOGIT_CAP, SEED_LOGIT_CAP))
+        phi = F.silu(k) if self.feature_map == "silu" else torch.softmax(k, dim=-1)
         ones = kv.new_ones(n, self.layers, self.heads, 1)
         return phi, torch.cat([v, ones], dim=-1)
 
@@ -420,13 +377,10 @@ class VistaSummarizer(nn.Module):
         if self.feature_map == "silu":
             # VISTA's quasi-linear attention: normalize by the event count.
             kv_mean = (values / n_events.clamp(min=1).to(kv.dtype).view(B, 1, 1, 1, 1)).float()
-        elif self.feature_map == "softmax":
+        else:
             # Softmax features assign each event to slots: each slot's mean value (one
             # pseudo-count keeps empty slots at 0).
             kv_mean = (values / (mass + 1.0)).float()
-        else:
-            # Each seed's softmax average over the events; no events: 0 (values are 0 there).
-            kv_mean = (values / torch.where(mass > 0, mass, torch.ones_like(mass))).float()
         if self.seeds is None or self.final_norm is None:
             # "state": token (l, f) is feature f's normalized value sum in layer l, the heads
             # side by side -- (B, L, H, F, D) -> (B, L*F, H*D). Nothing learned in between:

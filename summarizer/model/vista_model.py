@@ -8,8 +8,7 @@ are listed in :mod:`summarizer.config.model`; the baselines' causal forward pass
 candidate also attends to its top-``gsu_k`` tokens of the user's memory bank --
 the events before the summary, served as TWIN-V2 cluster tokens with a
 log(size) bias (a raw event is a cluster of one) -- in a softmax of their own
-whose result is added to the summary attention's (``gsu_softmax="shared"``: in
-the summary tokens' softmax). The search score is the ranker's own attention
+whose result is added to the summary attention's. The search score is the ranker's own attention
 logit summed over heads (TWIN's consistent GSU), so training teaches the search
 and the attention together.
 
@@ -78,12 +77,7 @@ class VistaModel(nn.Module):
             h,
             spec.candidate_features,
             spec.rating_head,
-            spec.gsu_softmax,
-            gsu_gate=(
-                spec.gsu_gate
-                if spec.kind == "vista" and spec.uses_memory_bank and spec.gsu_softmax == "separate"
-                else None
-            ),
+            gsu_gate=(spec.gsu_gate if spec.kind == "vista" and spec.uses_memory_bank else None),
             state_tokens=spec.num_seeds if spec.kind == "vista" and spec.readout == "state" else 0,
             ridge=self.ridge is not None,
         )

@@ -115,7 +115,7 @@ def _vista_readouts(
         for ck, cv, need in zip(phi_k.split(lengths), v.split(lengths), needed, strict=True)
     ]
     # fp64 like the serving state: a difference of running sums over several users must not
-    # cancel (the "seed" map's weights span e^+-20).
+    # cancel.
     csum = torch.cumsum(torch.stack(sums, 0).double(), 0)
     csum = torch.cat([csum.new_zeros(1, *shape), csum], 0)  # csum[j] = sum of chunks < j
     end = torch.searchsorted(cuts, starts)  # chunks before cut index end lie before the summary

@@ -13,14 +13,13 @@ from tests.helpers import SMALL
     scope="module",
     params=[
         ("silu", "projected", "transformer"),
-        ("seed", "projected", "transformer"),
-        ("silu", "events", "pool"),
+        ("softmax", "events", "state"),
         ("silu", "events", "state"),
         ("silu", "projected", "ridge"),
     ],
 )
 def model(request: pytest.FixtureRequest) -> VistaModel:
-    """Every law below holds for VISTA's SiLU map and the seed-softmax map, with the state
+    """Every law below holds for VISTA's SiLU map and softmax slots, with the state
     summing learned value projections or the encoded events themselves, for every read-out
     (the state read-out has num_layers x feature_dim tokens), and with the ridge read-out's
     second moments in the state (its tables drawn at random, so that they matter)."""

@@ -68,16 +68,15 @@ def test_cold_start_scores_without_history(model: VistaModel) -> None:
     assert logits.shape == (3,) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("gsu_softmax", ["separate", "shared"])
-def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: str) -> None:
+def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias() -> None:
     """A bank changes the scores; the same bank with sizes s scores like the bank's tokens
     attended with bias log(s) (a cluster of s identical events weighs s times one event),
-    in a softmax of their own added to the summary attention, or in the summary's."""
+    in a softmax of their own added to the summary attention."""
 
     from kernels import reference
 
     torch.manual_seed(5)
-    model = VistaModel(SMALL.replace(gsu_k=3, gsu_softmax=gsu_softmax, gsu_gate=0.0)).eval()
+    model = VistaModel(SMALL.replace(gsu_k=3, gsu_gate=0.0)).eval()
     summ = model.summarizer
     assert summ is not None
     tokens = summ.readout(summ.fold(summ.empty_state(), random_events(30, seed=6)))
@@ -87,14 +86,12 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
     plain = model.score_tokens(tokens, items, None, 30, 1.0)
     banked = ScoringRequest(items, tokens, 30, 1.0, bank=(bank, sizes))
     gate = model.ranker.gsu_gate
-    if gsu_softmax == "separate":  # gate 0: the untrained model is the summary alone
-        assert gate is not None and torch.equal(gate, torch.zeros_like(gate))
-        closed = model.score_request(banked, gsu_backend="torch")
-        assert torch.equal(closed, plain)
-        with torch.no_grad():
-            gate.copy_(torch.tensor([0.5, 1.0, 1.5, -0.7]))
-    else:
-        assert gate is None
+    # gate 0: the untrained model is the summary alone
+    assert gate is not None and torch.equal(gate, torch.zeros_like(gate))
+    closed = model.score_request(banked, gsu_backend="torch")
+    assert torch.equal(closed, plain)
+    with torch.no_grad():
+        gate.copy_(torch.tensor([0.5, 1.0, 1.5, -0.7]))
     with_bank = model.score_request(banked, gsu_backend="torch")
     assert not torch.allclose(plain, with_bank)
     # By hand: top-3 by the summed attention logit, then the softmax(es).
@@ -106,16 +103,11 @@ def test_gsu_attends_to_the_gathered_tokens_with_a_log_size_bias(gsu_softmax: st
         bk, bv = r.project_memory(model.mark_memory(bank))
         top = r.gsu_scores(q, bk).topk(3, dim=1).indices
         scale, bias = 1 / (r.head_dim**0.5), torch.log(sizes.float())
-        if gsu_softmax == "shared":
-            attn = reference.cross_attention_gathered(
-                q, k, v, top, bk, bv, mem_bias=bias, scale=scale
-            )
-        else:
-            none = k[:0]
-            attn = reference.cross_attention(q, k, v, scale=scale)
-            attn = attn + gate.view(1, -1, 1) * reference.cross_attention_gathered(
-                q, none, none, top, bk, bv, mem_bias=bias, scale=scale
-            )
+        none = k[:0]
+        attn = reference.cross_attention(q, k, v, scale=scale)
+        attn = attn + gate.view(1, -1, 1) * reference.cross_attention_gathered(
+            q, none, none, top, bk, bv, mem_bias=bias, scale=scale
+        )
         ctx = torch.tensor([[np.log1p(30) / 14.0, np.log1p(1.0) / 10.0]]).float().expand(4, 2)
         expect, _ = r.head(cand, attn.reshape(4, -1), ctx)
     assert torch.allclose(with_bank, expect, atol=1e-5)

@@ -201,37 +201,6 @@ def test_softmax_slots_fold_law_and_scale() -> None:
     assert torch.allclose(mass.sum(-1), torch.full_like(mass.sum(-1), 200.0), rtol=1e-6)
 
 
-def test_seed_map_reads_a_softmax_over_events() -> None:
-    """With the "seed" map each state row is one seed's softmax numerator and denominator: the
-    read equals softmax(q_k . k_t) over the events applied to their values, computed directly."""
-
-    from summarizer.model.summarization import SEED_LOGIT_CAP
-
-    torch.manual_seed(5)
-    m = VistaModel(SMALL.replace(feature_map="seed", num_layers=1)).eval()
-    summ = m.summarizer
-    assert summ is not None
-    assert summ.state_shape == (1, 4, SMALL.num_seeds, 32 // 4 + 1)
-    events = random_events(50, seed=6)
-    state = summ.fold(summ.empty_state(), events)
-
-    with torch.no_grad():
-        e = summ.encoder(events, previous_times(events.ts, None))
-        kv = summ.kv(e).view(50, 1, 4, 16)
-        k, v = kv[..., :8], kv[..., 8:]
-        logits = torch.einsum("nhd,hkd->hkn", k[:, 0], summ.seed_queries[0]) / 8**0.5
-        logits = logits.clamp(-SEED_LOGIT_CAP, SEED_LOGIT_CAP)
-        want = torch.einsum("hkn,nhd->hkd", torch.softmax(logits, -1), v[:, 0])
-    got = state.kv[0, :, :, :-1] / state.kv[0, :, :, -1:]
-    assert torch.allclose(got.float(), want, atol=1e-5)
-    # Weights are bounded by the cap whatever the logits: sums cannot overflow.
-    with torch.no_grad():
-        summ.seed_queries.mul_(1e6)
-    big = summ.fold(summ.empty_state(), events)
-    assert torch.isfinite(big.kv).all() and torch.isfinite(summ.readout(big)).all()
-    assert float(big.kv[..., -1].max()) <= 50 * np.exp(SEED_LOGIT_CAP) * 1.0001
-
-
 def test_event_values_sum_the_encoded_events() -> None:
     """With ``values="events"`` the state sums phi(k_t) (x) e_t, head h holding its slice of e_t:
     checked against the encoder's output directly; a bad mode is refused by name."""
@@ -250,33 +219,6 @@ def test_event_values_sum_the_encoded_events() -> None:
     assert torch.allclose(state.kv[..., -1].float(), phi.sum(0), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="values\n  Input should be 'projected' or 'events'"):
         VistaModel(SMALL.replace(values="raw"))
-
-
-def test_pool_readout_adds_the_normalized_read_to_each_seed() -> None:
-    """``readout="pool"``: tokens = LN(seed + LN(phi(W_q LN(seed)) S / n)) for one layer, and
-    the read-out holds no output projection, self-attention or MLP."""
-
-    import torch.nn.functional as F
-
-    torch.manual_seed(9)
-    m = VistaModel(SMALL.replace(num_layers=1, readout="pool")).eval()
-    summ = m.summarizer
-    assert summ is not None
-    block = summ.readout_layers[0]
-    assert not any(hasattr(block, name) for name in ("out", "self_attn", "ff"))
-    events = random_events(30, seed=10)
-    state, tokens = summ.summarize(events)
-    with torch.no_grad():
-        kv_mean = (state.kv[0, :, :, :-1] / 30).float()  # (H, F, D)
-        assert block.q is not None and block.norm_q is not None
-        phi_q = F.silu(block.q(block.norm_q(summ.seeds))).view(8, 4, 8)
-        read = torch.einsum("khf,hfd->khd", phi_q, kv_mean).reshape(8, 32)
-        want = summ.final_norm(summ.seeds + block.norm_read(read))
-    assert torch.allclose(tokens, want, atol=1e-5)
-    with pytest.raises(
-        ValueError, match="readout\n  Input should be 'transformer', 'pool' or 'state'"
-    ):
-        VistaModel(SMALL.replace(readout="mlp"))
 
 
 def test_seed_self_attention_equals_multihead_attention_with_its_weights() -> None:

@@ -80,24 +80,21 @@ def test_amortized_equals_per_candidate(kind: str) -> None:
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["vista", "sim", "vista-shared", "vista-gated", "vista-state"])
+@pytest.mark.parametrize("kind", ["vista", "sim", "vista-gated", "vista-state"])
 def test_gsu_training_path_equals_serving_with_a_raw_event_bank(kind: str) -> None:
     """Training's causal SIM search (each candidate's top-k of the events before the summary)
     scores exactly like serving with those events as the memory bank (clusters of one); also
     next to the state read-out's own read."""
 
     torch.manual_seed(3)
-    softmax = "shared" if kind.endswith("-shared") else "separate"
     gate = 0.0 if kind.endswith("-gated") else None
     state = (
         {"readout": "state", "values": "events", "feature_map": "softmax", "num_seeds": 16}
         if kind.endswith("-state")
         else {}
     )
-    kind = kind.removesuffix("-shared").removesuffix("-gated").removesuffix("-state")
-    model = VistaModel(
-        SMALL.replace(kind=kind, gsu_k=5, gsu_softmax=softmax, gsu_gate=gate, **state)
-    ).eval()
+    kind = kind.removesuffix("-gated").removesuffix("-state")
+    model = VistaModel(SMALL.replace(kind=kind, gsu_k=5, gsu_gate=gate, **state)).eval()
     if model.ranker.gsu_gate is not None:  # open the gate (it starts closed here)
         torch.nn.init.normal_(model.ranker.gsu_gate)
     events = random_events(60, seed=4)
