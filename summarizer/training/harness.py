@@ -36,6 +36,12 @@ class Variant:
 
 GSU_K = 32  # memory tokens per candidate in the GSU rows
 RIDGE_K = 64  # item-vector width of the ridge read-out when the configured model has none
+# The attention baselines' stronger recipe (BENCHMARKS.md, issue 21): the shared item table
+# starts from the training window's co-occurrence SVD and learns at 1/100 of the dense lr.
+FROZEN_COOCCURRENCE_TABLE: dict[str, object] = {
+    "pretrain_item_table": "cooccurrence",
+    "item_lr": 1e-5,
+}
 
 
 def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
@@ -62,6 +68,18 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             f"append + cross-attn (LinkedIn), last {last_k}", spec(kind="linkedin", last_k=last_k)
         ),
         Variant("full-history target attention", spec(kind="full")),
+        # The attention baselines with their item table started from the co-occurrence SVD
+        # and nearly frozen: with the shared recipe they memorize ~10 labels an item.
+        Variant(
+            f"DIN (co-occurrence item table), last {last_k}",
+            spec(kind="din", last_k=last_k),
+            FROZEN_COOCCURRENCE_TABLE,
+        ),
+        Variant(
+            "full-history target attention (co-occurrence item table)",
+            spec(kind="full"),
+            FROZEN_COOCCURRENCE_TABLE,
+        ),
         Variant(f"VISTA K={K} + ridge read-out k={k_ridge} (co-occurrence start)", vista),
         Variant(
             f"VISTA K={K} + ridge read-out k={k_ridge} (MF start)",
