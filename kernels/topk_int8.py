@@ -324,11 +324,14 @@ _local = threading.local()
 
 def _buffers(rows: int, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This thread's int32 product and chunk-maximum blocks, reused between calls (a fresh
-    5 MB block a request costs its page faults, ~0.3 ms here)."""
+    5 MB block a request costs its page faults, ~0.3 ms here). Made outside inference mode
+    whatever the caller's: an inference tensor could not be written by a later search
+    outside it (the scorer searches in inference mode, ``add_model`` warms up outside)."""
     ip, M = getattr(_local, "buffers", (None, None))
     if ip is None or M is None or ip.numel() < rows * nc * CHUNK:
-        ip = torch.empty(rows * nc * CHUNK, dtype=torch.int32)
-        M = torch.empty(rows * nc, dtype=torch.int32)
+        with torch.inference_mode(False):
+            ip = torch.empty(rows * nc * CHUNK, dtype=torch.int32)
+            M = torch.empty(rows * nc, dtype=torch.int32)
         _local.buffers = (ip, M)
     return ip[: rows * nc * CHUNK].view(rows, nc * CHUNK), M[: rows * nc].view(rows, nc)
 

@@ -188,3 +188,32 @@ def test_the_models_gsu_picks_the_same_tokens_through_int8() -> None:
         for b in ("torch", "int8")
     }
     assert torch.equal(picks["int8"], picks["torch"])
+
+
+def test_a_search_outside_inference_mode_after_one_inside_it() -> None:
+    """The scorer searches under ``torch.inference_mode`` and ``add_model`` warms the search
+    up outside it: the thread's reused buffers must serve both (inference tensors cannot be
+    written outside inference mode)."""
+    import threading
+
+    import torch
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((8, 16)).astype(np.float32)
+    bank = rng.standard_normal((4 * topk_int8.CHUNK, 16)).astype(np.float32)
+    errors: list[BaseException] = []
+
+    def run() -> None:  # a fresh thread: its buffers are made by the first call below
+        try:
+            with torch.inference_mode():
+                check(q, bank, 2)
+            check(q, bank, 2)
+            with torch.inference_mode():
+                check(q, bank, 2)
+        except BaseException as exc:  # noqa: BLE001  reported by the assert below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert not errors, errors

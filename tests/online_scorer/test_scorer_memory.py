@@ -155,3 +155,53 @@ def test_a_scorer_from_the_config_uses_the_given_clock_for_recency(
     np.testing.assert_allclose(
         scorer.score(8, items).scores, w["scorer"].score(8, items).scores, atol=1e-6
     )
+
+
+def test_add_model_after_serving_a_large_bank_through_the_int8_search(
+    gsu_world: dict[str, Any],
+) -> None:
+    """``add_model`` (the next model, held before the serving tag moves) warms the GSU's search
+    up; after a request over a bank large enough for the int8 search it raised "Inplace
+    update to inference tensor outside InferenceMode" (the search's reused buffers had been
+    made in the scorer's inference mode). Run in a fresh thread: its buffers are new."""
+    import threading
+
+    from kernels import topk_int8
+    from summarizer.store import MemoryBankRecord, memory_bank_schema
+
+    if not topk_int8.available():
+        pytest.skip("numba not installed")
+    w = gsu_world
+    n = 2 * topk_int8.CHUNK * SPEC.replace(gsu_k=4).gsu_k + 5  # the int8 search's smallest bank
+    rng = np.random.default_rng(4)
+    big = MemoryBankRecord(
+        1,
+        w["version"],
+        rng.standard_normal((n, SPEC.d_model)).astype(np.float16),
+        np.ones(n, np.int64),
+        T0,
+    )
+    w["store"].publish([big], schema=memory_bank_schema(n, SPEC.d_model, w["version"]))
+    torch.manual_seed(1)
+    nxt = VistaModel(SPEC.replace(gsu_k=4, gsu_gate=0.0)).eval()
+    nxt_version = artifacts.save(nxt, w["tmp"] / "next")
+    scorer = OnlineScorer(
+        w["store"], [str(w["tmp"] / "model")], max_candidates=64, clock=w["clock"],
+        gsu_backend="int8",
+    )  # fmt: skip
+    out: dict[str, Any] = {}
+
+    def serve_then_add() -> None:
+        try:
+            out["first"] = scorer.score(1, [1, 2, 3])
+            out["added"] = scorer.add_model(str(w["tmp"] / "next"))
+            out["again"] = scorer.score(1, [1, 2, 3])
+        except BaseException as exc:  # noqa: BLE001  reported by the assert below
+            out["error"] = exc
+
+    t = threading.Thread(target=serve_then_add)
+    t.start()
+    t.join()
+    assert "error" not in out, out.get("error")
+    assert out["first"].memory_tokens == n and out["added"] == nxt_version
+    np.testing.assert_array_equal(out["first"].scores, out["again"].scores)
