@@ -26,7 +26,10 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = scorer.score(user, items)
         ms = (time.perf_counter() - t0) * 1e3
-    except (InvalidRequestError, ModelVersionError, StoreError) as exc:
+    except InvalidRequestError as exc:  # bad input: a usage error, like ids that are not ints
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ModelVersionError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report = {

@@ -25,8 +25,16 @@ def check_user_id(user_id: Any) -> int:
         raise InvalidRequestError(str(exc)) from exc
 
 
+INT64_MAX = np.iinfo(np.int64).max
+
+
 def check_item_ids(item_ids: Any, max_candidates: int) -> torch.Tensor:
-    arr = np.asarray(item_ids)
+    try:
+        arr = np.asarray(item_ids)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise InvalidRequestError(
+            f"candidate item ids must be a flat list of integers ({exc})"
+        ) from exc
     if arr.ndim != 1:
         raise InvalidRequestError(f"candidate item ids must be a flat list, got shape {arr.shape}")
     if arr.size == 0:
@@ -39,6 +47,10 @@ def check_item_ids(item_ids: Any, max_candidates: int) -> torch.Tensor:
         )
     if arr.min() < 0:
         raise InvalidRequestError(f"candidate item ids must be non-negative, got {arr.min()}")
+    if arr.dtype == np.uint64 and arr.max() > INT64_MAX:  # the cast below would wrap it
+        raise InvalidRequestError(
+            f"candidate item ids must be at most 2^63-1 (int64), got {int(arr.max())}"
+        )
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -46,7 +58,12 @@ def check_features(features: Any, m: int, width: int) -> torch.Tensor | None:
     """Candidate features (m, width) float32 for a model that takes ``width`` of them."""
     if features is None:
         return None
-    arr = np.asarray(features, dtype=np.float32)
+    try:
+        arr = np.asarray(features, dtype=np.float32)
+    except (ValueError, TypeError) as exc:  # strings, ragged rows, objects
+        raise InvalidRequestError(
+            f"candidate features must be an ({m}, {width}) array of numbers ({exc})"
+        ) from exc
     if arr.shape != (m, width):
         raise InvalidRequestError(
             f"candidate features must have shape ({m}, {width}) for this model, got {arr.shape}"

@@ -117,6 +117,12 @@ def test_tokens_of_another_model_are_refused(world: dict[str, Any]) -> None:
         (1, [1.5], None, "integers"),
         (1, [3, -4], None, "non-negative"),
         (1, [[1, 2]], None, "flat"),
+        (1, [[1], [1, 2]], None, "flat"),  # ragged
+        (1, [2**63], None, "at most 2\\^63-1"),  # uint64 would wrap to a negative int64
+        (1, [1, 2**64], None, "integers"),
+        (1, [1, 2], "ab", "features"),
+        (1, [1, 2], [["a"], ["b"]], "features"),
+        (1, [1, 2], [[0.5], [1.0, 2.0]], "features"),  # ragged
         (1, [1, 2], np.zeros((3, 0)), "shape"),
         (1, [1, 2], np.full((2, 0), np.nan), None),
     ],
@@ -222,4 +228,6 @@ def test_score_cli(world: dict[str, Any]) -> None:
     lo, hi = np.minimum(before, after), np.maximum(before, after)
     assert ((got >= lo - 1e-6) & (got <= hi + 1e-6)).all(), (got, before, after)
     bad = subprocess.run([*cmd, "-3", "1"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "negative" in bad.stderr
+    assert bad.returncode == 2 and "negative" in bad.stderr
+    wraps = subprocess.run([*cmd, "5", str(2**63)], capture_output=True, text=True)
+    assert wraps.returncode == 2 and "2^63-1" in wraps.stderr, wraps
