@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from summarizer.config import ModelSpec
@@ -34,13 +34,23 @@ def model_version(model_dir: str | os.PathLike[str]) -> str:
     """
     d = Path(model_dir)
     h = hashlib.sha256()
-    h.update(json.dumps(json.loads((d / CONFIG).read_text())["spec"], sort_keys=True).encode())
-    with safe_open(str(d / WEIGHTS), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name).contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(_read_config(d)["spec"], sort_keys=True).encode())
+    try:
+        with safe_open(str(d / WEIGHTS), framework="pt") as f:
+            for name in sorted(f.keys()):
+                t = f.get_tensor(name).contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    except SafetensorError as exc:
+        raise _bad_weights(d, exc) from exc
     return h.hexdigest()[:16]
+
+
+def _bad_weights(d: Path, exc: Exception) -> ModelArtifactError:
+    return ModelArtifactError(
+        f"{d / WEIGHTS} is not a readable safetensors file (truncated, or not one `vista "
+        f"train` wrote): {exc}"
+    )
 
 
 def save(
@@ -75,13 +85,24 @@ def describe(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, str]:
 
 
 def _read_config(d: Path) -> dict:
-    """The folder's config, once both of its files are known to be there."""
+    """The folder's config, once both of its files are known to be there: a JSON object
+    with a ``spec`` object, as :func:`save` writes it."""
     for name in (CONFIG, WEIGHTS):
         if not (d / name).exists():
             raise ModelArtifactError(
                 f"model folder {d} has no {name} (train one with `vista train`)"
             )
-    return json.loads((d / CONFIG).read_text())
+    try:
+        meta = json.loads((d / CONFIG).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelArtifactError(f"{d / CONFIG}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
+        raise ModelArtifactError(
+            f'{d / CONFIG}: expected a JSON object with a "spec" object (as `vista train` '
+            f"writes), got {type(meta).__name__}"
+            + (f" with keys {sorted(meta)}" if isinstance(meta, dict) else "")
+        )
+    return meta
 
 
 def _spec(d: Path, meta: dict) -> ModelSpec:
@@ -98,6 +119,8 @@ def load(model_dir: str | os.PathLike[str]) -> tuple[VistaModel, str]:
     model = VistaModel(_spec(d, meta))
     try:
         load_model(model, str(d / WEIGHTS), strict=True)
+    except SafetensorError as exc:
+        raise _bad_weights(d, exc) from exc
     except RuntimeError as exc:
         raise ModelArtifactError(f"{d / WEIGHTS} does not match its config: {exc}") from exc
     version = model_version(d)

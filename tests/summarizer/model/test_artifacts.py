@@ -60,3 +60,46 @@ def test_describe_reads_spec_and_version_without_the_weights(
         artifacts.describe(tmp_path / "w")
     with pytest.raises(ValueError, match="only 'vista' models summarize"):
         model.spec.replace(kind="din", ridge_dim=0).require_summarizer()
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        ("truncate weights", "model.safetensors"),
+        ("foreign weights", "model.safetensors"),
+        ("config not json", "config.json"),
+        ("config a list", "config.json"),
+        ("config without spec", "config.json"),
+    ],
+)
+def test_damaged_folders_are_refused_naming_the_file(
+    tmp_path: Path, model: VistaModel, damage: str, names: str, capsys: pytest.CaptureFixture
+) -> None:
+    """A truncated or foreign weights file, or a config that is not the JSON `save` writes,
+    is a ModelArtifactError naming the file (not a raw SafetensorError or JSONDecodeError),
+    from load, describe and model_version alike; the CLI prints it, no traceback."""
+    from summarizer.cli import main
+
+    d = tmp_path / "m"
+    artifacts.save(model, d)
+    w, c = d / artifacts.WEIGHTS, d / artifacts.CONFIG
+    if damage == "truncate weights":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif damage == "foreign weights":
+        w.write_bytes(b'{"not": "safetensors"}' * 10)
+    elif damage == "config not json":
+        c.write_text("{spec: oops")
+    elif damage == "config a list":
+        c.write_text("[1, 2]")
+    else:
+        c.write_text('{"metadata": {}}')
+    for call in (artifacts.load, artifacts.describe, artifacts.model_version):
+        if damage.endswith("weights") and call is artifacts.describe:
+            continue  # describe reads the config only
+        with pytest.raises(artifacts.ModelArtifactError, match=names):
+            call(d)
+    cfg = tmp_path / "vista.toml"
+    cfg.write_text(f'[store]\nuri = "{tmp_path / "db"}"\n[model]\nmodel_dir = "{d}"\n')
+    assert main(["--config", str(cfg), "score", "1", "2"]) == 1
+    err = capsys.readouterr().err
+    assert names in err and "Traceback" not in err
