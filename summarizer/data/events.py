@@ -37,6 +37,10 @@ SECONDS_PER_DAY = 86_400
 _MAX_TS = 253_402_214_400 - 1  # 9999-12-31T23:59:59Z: later (bad) timestamps share that day folder
 
 
+class EventSchemaError(ValueError):
+    """The input's columns do not match the event contract."""
+
+
 class Action(enum.IntEnum):
     """Built-in action codes. Datasets may use any code in 0..num_actions-1."""
 
@@ -132,7 +136,22 @@ def read_day(root: str | os.PathLike[str], day: str) -> pa.Table:
     files = sorted(str(p) for p in folder.glob("*.parquet"))
     if not files:
         return EVENT_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    tables = [pq.read_table(f) for f in files]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        types: dict[str, dict[str, str]] = {}  # column -> file -> type
+        for f, t in zip(files, tables, strict=True):
+            for field in t.schema:
+                types.setdefault(field.name, {})[Path(f).name] = str(field.type)
+        clash = {c: by_file for c, by_file in types.items() if len(set(by_file.values())) > 1}
+        detail = "; ".join(
+            f"column {c!r}: " + ", ".join(f"{name} has {typ}" for name, typ in sorted(by.items()))
+            for c, by in clash.items()
+        )
+        raise EventSchemaError(
+            f"{folder}: its files' schemas cannot be combined ({detail or exc})"
+        ) from exc
 
 
 def dataset(root: str | os.PathLike[str]) -> ds.Dataset:

@@ -134,8 +134,9 @@ def generate_user(cfg: SynthConfig, profile: UserProfile) -> pa.Table:
     )
 
 
-# Every quarantine reason but a bad weight (synthetic events carry none), in REASONS' order.
-BAD_KINDS = tuple(r for r in REASONS if r != "invalid_weight")
+# Every quarantine reason but a bad weight (synthetic events carry none) and an id above
+# 2^63-1 (they are written as int64), in REASONS' order.
+BAD_KINDS = tuple(r for r in REASONS if r not in ("invalid_weight", "id_out_of_range"))
 
 
 def inject_bad_rows(

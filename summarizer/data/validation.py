@@ -27,6 +27,7 @@ from summarizer.data.events import (
     EVENT_SCHEMA,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
+    EventSchemaError,
     conform,
     day_bounds,
     day_path,
@@ -41,6 +42,7 @@ REASONS = (
     "null_item_id",
     "null_action",
     "negative_id",
+    "id_out_of_range",
     "negative_ts",
     "future_ts",
     "action_out_of_range",
@@ -58,10 +60,6 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
     ]
 )
-
-
-class EventSchemaError(ValueError):
-    """The input's columns do not match the event contract."""
 
 
 @dataclasses.dataclass
@@ -99,12 +97,22 @@ def check_schema(schema: pa.Schema) -> None:
                 )
 
 
-def _int_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values as int64 with nulls as 0, null mask) of an integer column."""
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _int_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values as int64 with nulls and overflows as 0, null mask, overflow mask) of an
+    integer column; overflow: an unsigned value above int64's range (a bad row, not a
+    failed run)."""
     col = table.column(name)
     null = col.is_null().to_numpy(zero_copy_only=False)
+    over = np.zeros(len(null), dtype=bool)
+    if pa.types.is_unsigned_integer(col.type) and col.type.bit_width == 64:
+        over = pc.fill_null(pc.greater(col, pa.scalar(INT64_MAX, pa.uint64())), False)
+        over = over.to_numpy(zero_copy_only=False)
+        col = pc.if_else(over, pa.scalar(0, col.type), col)
     values = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-    return values, null
+    return values, null, over
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
@@ -119,10 +127,10 @@ def validate_table(
     """Split a table of events into valid rows and quarantined rows with reasons."""
     check_schema(table.schema)
     n = table.num_rows
-    user, user_null = _int_column(table, "user_id")
-    ts, ts_null = _int_column(table, "ts")
-    item, item_null = _int_column(table, "item_id")
-    action, action_null = _int_column(table, "action")
+    user, user_null, user_over = _int_column(table, "user_id")
+    ts, ts_null, ts_over = _int_column(table, "ts")
+    item, item_null, item_over = _int_column(table, "item_id")
+    action, action_null, action_over = _int_column(table, "action")
     has_weight = "weight" in table.column_names
     if has_weight:
         wcol = table.column("weight").cast(pa.float64())
@@ -141,9 +149,12 @@ def validate_table(
     mark(item_null, "null_item_id")
     mark(action_null, "null_action")
     mark(((user < 0) & ~user_null) | ((item < 0) & ~item_null), "negative_id")
+    mark(user_over | item_over, "id_out_of_range")  # above 2^63-1: no int64 holds it
     mark((ts < 0) & ~ts_null, "negative_ts")
-    mark((ts > reference_ts + max_clock_skew_s) & ~ts_null, "future_ts")
-    mark(((action < 0) | (action >= num_actions)) & ~action_null, "action_out_of_range")
+    mark(((ts > reference_ts + max_clock_skew_s) & ~ts_null) | ts_over, "future_ts")
+    mark(
+        ((action < 0) | (action >= num_actions)) & ~action_null | action_over, "action_out_of_range"
+    )
     with np.errstate(invalid="ignore", over="ignore"):
         mark(~w_null & (~np.isfinite(w) | (np.abs(w) > np.finfo(np.float32).max)), "invalid_weight")
 
@@ -172,6 +183,8 @@ def validate_table(
         if (~bad).any()
         else EVENT_SCHEMA.empty_table()
     )
+    # Quarantined values keep their bits: an unsigned id above 2^63-1 is stored as the
+    # int64 with the same bits (2^64-1 as -1); its reason says so.
     bad_rows = table.take(pa.array(np.flatnonzero(bad), pa.int64()))
     quarantine = pa.table(
         {
@@ -254,7 +267,7 @@ def validate_day(
     now: float | None = None,
 ) -> DayReport:
     """Validate one day partition and write its valid rows and quarantine (replacing earlier output)."""
-    table = read_day(events_dir, day)
+    table = read_day(events_dir, day)  # files that cannot be combined: names the partition
     try:
         result = validate_table(table, reference_time(day, now), num_actions, max_clock_skew_s)
     except EventSchemaError as exc:

@@ -165,3 +165,60 @@ def test_large_random_table_conserves_rows() -> None:
     result = validate_table(table, T1, NUM_ACTIONS)
     assert result.valid.num_rows + sum(result.counts.values()) == n
     assert result.quarantine.num_rows == sum(result.counts.values())
+
+
+def test_unsigned_ids_past_int64_are_quarantined_not_fatal() -> None:
+    """A uint64 id of 2^64-1 used to abort the whole run ("Integer value ... not in range");
+    it is a bad row like any other: quarantined (its bits kept, as int64) with its reason,
+    and the rest of the table passes."""
+    big = np.iinfo(np.uint64).max
+    table = pa.table(
+        {
+            "user_id": pa.array([1, big, 2, 3], pa.uint64()),
+            "ts": pa.array([T0 + 1, T0 + 2, T0 + 3, big], pa.uint64()),
+            "item_id": pa.array([5, 5, big, 6], pa.uint64()),
+            "action": pa.array([0, 0, 0, 0], pa.uint8()),
+        }
+    )
+    result = validate_table(table, T1, NUM_ACTIONS)
+    assert result.valid.column("user_id").to_pylist() == [1]
+    assert result.quarantine.column("reason").to_pylist() == [
+        "id_out_of_range",
+        "id_out_of_range",
+        "future_ts",
+    ]
+    assert result.quarantine.column("user_id").to_pylist() == [-1, 2, 3]  # 2^64-1's bits
+    assert result.n_input == 4
+
+
+def test_files_of_one_partition_whose_types_differ_name_the_files_and_column(
+    tmp_path: Path,
+) -> None:
+    """Two files of one day whose user_id types cannot be combined used to end in a pyarrow
+    ArrowTypeError traceback; it is a schema error naming the partition, the files and the
+    column (exit 2 from the CLI), and nothing is written."""
+    from summarizer.cli import main
+
+    folder = tmp_path / "events" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    row = {"ts": [T0 + 1], "item_id": [1], "action": [0]}
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), **row}), folder / "a.parquet")
+    pq.write_table(pa.table({"user_id": pa.array(["7"]), **row}), folder / "b.parquet")
+    with pytest.raises(EventSchemaError, match=r"dt=2024-03-01.*'user_id'.*a\.parquet.*b\.parquet"):
+        validate_dataset(
+            tmp_path / "events", tmp_path / "v", tmp_path / "q", NUM_ACTIONS, progress=False
+        )
+    assert not (tmp_path / "v").exists()
+    code = main(
+        [
+            "data",
+            "validate",
+            "--input",
+            str(tmp_path / "events"),
+            "--valid-out",
+            str(tmp_path / "v"),
+            "--quarantine-out",
+            str(tmp_path / "q"),
+        ]
+    )
+    assert code == 2
