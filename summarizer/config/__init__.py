@@ -84,6 +84,23 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _check_single_underscore(key: str) -> None:
+    """``VISTA_MODEL_NUM_SEEDS`` (one underscore after the section) looks like an override
+    but is none: say so rather than ignore it. Other ``VISTA_*`` names are not ours."""
+    rest = key[len(ENV_PREFIX) :]
+    for section, sub in VistaConfig.model_fields.items():
+        head = section.upper() + "_"
+        if not rest.upper().startswith(head):
+            continue
+        name = rest[len(head) :].lstrip("_").lower()
+        fields = getattr(sub.annotation, "model_fields", {})
+        if name in fields:
+            raise ConfigError(
+                f"environment variable {key} is not an override: section and field are "
+                f"separated by two underscores, {ENV_PREFIX}{section.upper()}__{name.upper()}"
+            )
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Turn ``VISTA_A__B__C=v`` into ``{"a": {"b": {"C": v}}}``."""
     tree: dict[str, Any] = {}
@@ -92,6 +109,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         parts = key[len(ENV_PREFIX) :].split("__")
         if len(parts) < 2 or not all(parts):
+            _check_single_underscore(key)
             continue
         # Section and field names are lower-case; deeper keys (Spark conf) keep their case.
         path = [parts[0].lower(), parts[1].lower(), *parts[2:]]

@@ -54,11 +54,28 @@ def test_config_file_from_env_variable(tmp_path: Path, clean_env: None) -> None:
         ({"VISTA_MODEL__NUM_SEEDS": "0"}, "num_seeds"),
         ({"VISTA_MODEL__NUM_SEEDS": "many"}, "num_seeds"),
         ({"VISTA_STORE__NO_SUCH_FIELD": "1"}, "no_such_field"),
+        # Booleans are not integers (pydantic's lax mode took true as 1).
+        ({"VISTA_MODEL__NUM_SEEDS": "true"}, "num_seeds\n.*boolean"),
+        ({"VISTA_TRAIN__LR": "false"}, "lr\n.*boolean"),
+        # One underscore between section and field: was ignored without a word.
+        ({"VISTA_MODEL_NUM_SEEDS": "8"}, "VISTA_MODEL_NUM_SEEDS.*VISTA_MODEL__NUM_SEEDS"),
     ],
 )
 def test_bad_override_names_the_field(env: dict[str, str], needle: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_config(None, env=env)
+
+
+def test_booleans_in_toml_are_refused_for_numbers_and_kept_for_flags(tmp_path: Path) -> None:
+    path = tmp_path / "vista.toml"
+    path.write_text("[model]\nnum_seeds = true\n")
+    with pytest.raises(ConfigError, match="num_seeds\n.*boolean"):
+        load_config(path, env={})
+    path.write_text("[memory]\nenabled = true\n[train]\nitem_lr = 0.01\n")
+    cfg = load_config(path, env={"VISTA_UNRELATED_TOOL_SETTING": "x"})  # not ours: ignored
+    assert cfg.memory.enabled is True and cfg.train.item_lr == 0.01
+    with pytest.raises(ConfigError, match="item_lr\n.*boolean"):
+        load_config(path, env={"VISTA_TRAIN__ITEM_LR": "true"})
 
 
 def test_missing_or_broken_file(tmp_path: Path) -> None:
