@@ -11,7 +11,8 @@ it was scored against is in the result). The model part is the ranker of
 :mod:`summarizer.model.ranker`: candidates cross-attend to the K summary tokens
 through :func:`kernels.attention` (Triton on CUDA, PyTorch on the CPU),
 candidates never attend to each other, so scoring m candidates together
-equals scoring each alone.
+equals scoring each alone to float32 rounding (not bit for bit: batched matmuls may
+sum in another order; the tests bound it at 1e-6 on the probability).
 
 * A user without a summary is scored by the model's no-history path
   (``status == NOT_FOUND``, ``cold_start`` True); a stale summary is scored and

@@ -65,6 +65,24 @@ def test_score_equals_the_model_and_each_candidate_alone(world: dict[str, Any]) 
     assert result.scores[1] == result.scores[2]  # same item, same score
 
 
+# What "m candidates together score as each alone" means: each candidate's score depends on
+# its own request's memory only, equal to float32 rounding -- not bit for bit, since the
+# batched matmuls may sum in another order (measured: up to ~1e-7 on these probabilities).
+ALONE_ATOL = 1e-6
+
+
+def test_many_candidates_in_any_order_score_as_each_alone(world: dict[str, Any]) -> None:
+    scorer = world["scorer"]
+    scorer.max_candidates = 512
+    items = np.random.default_rng(0).integers(0, 10**6, 512)
+    together = scorer.score(8, items).scores
+    perm = np.random.default_rng(1).permutation(512)
+    shuffled = scorer.score(8, items[perm]).scores
+    alone = scorer.score_per_candidate(8, items).scores
+    np.testing.assert_allclose(together, alone, rtol=0, atol=ALONE_ATOL)
+    np.testing.assert_allclose(shuffled, together[perm], rtol=0, atol=ALONE_ATOL)
+
+
 def test_score_batch_equals_one_request_at_a_time(world: dict[str, Any]) -> None:
     scorer = world["scorer"]
     requests = [(1, [4, 5, 6]), (999, [4]), (8, [7, 7, 1, 2]), (1, [9])]
