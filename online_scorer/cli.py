@@ -1,4 +1,5 @@
-"""`vista score USER_ID ITEM_ID...`: score candidates for one user from the store."""
+"""`vista score USER_ID ITEM_ID...`: score candidates for one user, from the store (in
+process) or through a running service (``--url``); `vista serve`: run that service."""
 
 from __future__ import annotations
 
@@ -22,10 +23,22 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
         print(f"error: ids must be integers ({exc})", file=sys.stderr)
         return 2
     try:
-        scorer = OnlineScorer.from_config(cfg, max_candidates=max(len(items), 1))
-        t0 = time.perf_counter()
-        result = scorer.score(user, items)
-        ms = (time.perf_counter() - t0) * 1e3
+        if args.url:
+            from online_scorer.client import ScorerClient, ServiceError
+
+            with ScorerClient(args.url) as client:
+                t0 = time.perf_counter()
+                try:
+                    result = client.score(user, items)
+                except ServiceError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                ms = (time.perf_counter() - t0) * 1e3
+        else:
+            scorer = OnlineScorer.from_config(cfg, max_candidates=max(len(items), 1))
+            t0 = time.perf_counter()
+            result = scorer.score(user, items)
+            ms = (time.perf_counter() - t0) * 1e3
     except InvalidRequestError as exc:  # bad input: a usage error, like ids that are not ints
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -42,6 +55,7 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
         "memory_skipped": result.memory_skipped,
         "scores": {str(i): round(float(s), 6) for i, s in zip(items, result.scores, strict=True)},
         "ms": round(ms, 3),
+        "via": args.url or "in-process",
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -55,7 +69,11 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
     print(
         f"user {user}: {result.status}{flag}; summaries version {result.table_version}, "
         f"model {result.model_version[:16]}; {len(items)} candidates in {ms:.2f} ms "
-        "(one cold call, imports included; warm figures: BENCHMARKS.md)"
+        + (
+            f"through {args.url} (one call, connection set-up included)"
+            if args.url
+            else "(one cold call, imports included; warm figures: BENCHMARKS.md)"
+        )
     )
     order = sorted(zip(items, result.scores, strict=True), key=lambda t: -float(t[1]))
     for item, score in order:
@@ -63,11 +81,49 @@ def cmd_score(cfg: VistaConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(cfg: VistaConfig, args: argparse.Namespace) -> int:
+    from online_scorer.service import serve
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "batching": False if args.no_batching else None,
+        }.items()
+        if v is not None
+    }
+    if overrides:
+        from pydantic import ValidationError
+
+        try:
+            serve_cfg = cfg.serve.model_validate({**cfg.serve.model_dump(), **overrides})
+        except ValidationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        cfg = cfg.model_copy(update={"serve": serve_cfg})
+    serve(cfg)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sc = subparsers.add_parser(
-        "score", help="score candidate items for a user from the store (one amortized pass)"
+        "score", help="score candidate items for a user (one amortized pass)"
     )
     sc.add_argument("user_id", help="user id (non-negative integer)")
     sc.add_argument("item_ids", nargs="+", help="candidate item ids")
+    sc.add_argument("--url", help="score through a running `vista serve` at this address instead")
     sc.add_argument("--json", action="store_true", help="print JSON")
     sc.set_defaults(func=cmd_score)
+
+    sv = subparsers.add_parser(
+        "serve",
+        help="serve the scorer over HTTP: POST /v1/score, GET /v1/summary/{id}, /healthz, "
+        "/readyz, /metrics ([serve] config section)",
+    )
+    sv.add_argument("--host", help="address to listen on (default: serve.host)")
+    sv.add_argument("--port", type=int, help="port (0: any free port; default: serve.port)")
+    sv.add_argument("--workers", type=int, help="server processes (default: serve.workers)")
+    sv.add_argument("--no-batching", action="store_true", help="score each request on its own")
+    sv.set_defaults(func=cmd_serve)

@@ -30,6 +30,10 @@ sum in another order; the tests bound it at 1e-6 on the probability).
   two models -- and the result says so (``memory_tokens == 0``,
   ``memory_skipped``).
 * Thread-safe: any number of threads may call ``score`` concurrently.
+* Hot model swap (what ``vista serve`` does): with the reader's own refresh off
+  (``refresh_interval_s=math.inf``), :meth:`sync` re-reads the serving tag and, before
+  any request sees a moved pin, loads the models its tokens need (``add_model``); a
+  request in flight keeps the version and the models it started with.
 * Inputs are checked first; every problem raises :class:`InvalidRequestError`
   (a ``ValueError``) naming it.
 """
@@ -58,6 +62,7 @@ from summarizer.model import artifacts
 from summarizer.model.vista_model import ScoringRequest, VistaModel
 from summarizer.store import (
     MemoryBankReader,
+    SummaryBatch,
     SummaryReader,
     SummaryResult,
     SummaryStatus,
@@ -128,13 +133,19 @@ class OnlineScorer:
         clock: Callable[[], float] = time.time,
         memory: bool = True,
         gsu_backend: str | None = None,
+        bank_refresh_interval_s: float | None = None,
     ) -> None:
+        """``refresh_interval_s``: how often reads re-pin the serving tag (None: the store's;
+        ``math.inf``: only :meth:`sync` does); ``bank_refresh_interval_s``: the memory
+        banks' (unset: the same)."""
         if not model_dirs:
             raise ValueError("an OnlineScorer needs at least one model folder")
         self.store, self.clock = store, clock
         self.max_candidates, self.cache_size = int(max_candidates), int(cache_size)
         self.memory, self.gsu_backend = bool(memory), gsu_backend
+        # Replaced whole, never changed in place: a request reads one dict for its pass.
         self._models: dict[str, VistaModel] = {}
+        self._models_lock = threading.Lock()
         self.model_version = self.add_model(model_dirs[0])  # the default (cold-start) model
         for extra in model_dirs[1:]:
             self.add_model(extra)
@@ -144,12 +155,15 @@ class OnlineScorer:
         self.reader.expect_shape(spec.num_seeds, spec.d_model, moments)
         # The memory-bank reader is opened on first use: a scorer whose models have no GSU
         # never reads the bank table (opening it reads every user's id).
-        self._refresh_interval_s = refresh_interval_s
+        self._refresh_interval_s = (
+            refresh_interval_s if bank_refresh_interval_s is None else bank_refresh_interval_s
+        )
         self._bank_reader: MemoryBankReader | None = None
         self._bank_reader_lock = threading.Lock()
         self._cache: collections.OrderedDict[int, SummaryResult] = collections.OrderedDict()
         self._cache_version = self.reader.version
         self._cache_lock = threading.Lock()
+        self._version_models: dict[int, tuple[str, ...]] = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -203,8 +217,52 @@ class OnlineScorer:
         model.eval()
         if self.memory and model.spec.uses_memory_bank:
             warm_up_topk(self.gsu_backend)  # compile the search now
-        self._models[version] = model
+        with self._models_lock:
+            self._models = {**self._models, version: model}
         return version
+
+    def drop_model(self, version: str) -> None:
+        """Stop holding a model (requests already scoring with it finish); not the default."""
+        if version == self.model_version:
+            raise ValueError(f"model {version} is the scorer's default (cold-start) model")
+        with self._models_lock:
+            self._models = {v: m for v, m in self._models.items() if v != version}
+
+    def sync(self, find_model: Callable[[str], str | None], max_models: int = 3) -> bool:
+        """Re-read the serving tag; if it moved, first load every model the new version's
+        tokens were made by (``find_model(version)``: its folder, or None), then serve it.
+        A model that cannot be found keeps the old pin (ModelVersionError) -- requests go
+        on being answered from it. The default (cold-start) model becomes the new version's
+        when it has one; models beyond ``max_models`` that it does not use are dropped.
+        True if the pin moved."""
+
+        def load_needed(versions: list[str]) -> None:
+            for v in versions:
+                if v in self._models:
+                    continue
+                folder = find_model(v)
+                if folder is None:
+                    raise ModelVersionError(
+                        f"the serving summaries need model {v[:16]}, which is in none of the "
+                        "model folders; still serving the previous version"
+                    )
+                got = self.add_model(folder)
+                if got != v:
+                    raise ModelVersionError(f"{folder} holds model {got[:16]}, not {v[:16]}")
+            needed.extend(versions)
+
+        needed: list[str] = []
+        previous = self.reader.model_versions()
+        if not self.reader.refresh(force=True, before_swap=load_needed):
+            return False
+        if len(needed) == 1:
+            self.model_version = needed[0]
+        # Requests that read the previous version may still be scoring: keep its models too.
+        keep = {self.model_version, *needed, *previous}
+        extra = [v for v in self._models if v not in keep]
+        for v in extra[: max(0, len(self._models) - max_models)]:  # oldest first
+            self.drop_model(v)
+        return True
 
     @property
     def model_versions(self) -> list[str]:
@@ -215,6 +273,7 @@ class OnlineScorer:
         """Results for ids (one store read for the misses) and the table version they are from."""
         if not self.cache_size:
             batch = self.reader.get(ids)
+            self._note_version(batch)
             return list(batch.results), batch.version
         pinned = self.reader.current_version()  # re-pins on the refresh interval
         with self._cache_lock:
@@ -229,6 +288,7 @@ class OnlineScorer:
             if batch.version != version and hits:
                 # The pin moved while reading: read everything from the new version.
                 batch, hits = self.reader.get(ids), {}
+            self._note_version(batch)
             version = batch.version
             fresh = {r.user_id: r for r in batch.results}
             with self._cache_lock:
@@ -242,6 +302,23 @@ class OnlineScorer:
                     self._cache.popitem(last=False)
             hits.update(fresh)
         return [hits[u] for u in ids], version
+
+    def _note_version(self, batch: SummaryBatch) -> None:
+        """Remember which models a table version's tokens were made by (its cold-start users
+        are scored with that model, so every answer names one consistent pair)."""
+        if batch.version not in self._version_models:
+            with self._cache_lock:
+                self._version_models[batch.version] = batch.model_versions
+                while len(self._version_models) > 8:
+                    del self._version_models[next(iter(self._version_models))]
+
+    def _default_model(self, table_version: int, models: dict[str, VistaModel]) -> str:
+        """The model for users without a summary in this table version: the version's own
+        model when it has one that is held, else the scorer's default."""
+        made_by = self._version_models.get(table_version, ())
+        if len(made_by) == 1 and made_by[0] in models:
+            return made_by[0]
+        return self.model_version
 
     def get_summary(self, user_id: Any) -> Summary:
         """The stored summary of one user: tokens, status, versions, event counts."""
@@ -258,17 +335,24 @@ class OnlineScorer:
             version,
         )
 
-    def _model_for(self, r: SummaryResult) -> tuple[str, VistaModel]:
+    def _model_for(
+        self,
+        r: SummaryResult,
+        models: dict[str, VistaModel] | None = None,
+        default: str | None = None,
+    ) -> tuple[str, VistaModel]:
+        models = self._models if models is None else models
         if r.tokens is None:
-            return self.model_version, self._models[self.model_version]
-        if r.model_version not in self._models:
+            mv = self.model_version if default is None else default
+            return mv, models[mv]
+        if r.model_version not in models:
             raise ModelVersionError(
                 f"user {r.user_id}: the stored tokens were made by model "
                 f"{str(r.model_version)[:16]}, this scorer holds "
-                f"{', '.join(v[:16] for v in self._models)}; load that model (add_model) "
+                f"{', '.join(v[:16] for v in models)}; load that model (add_model) "
                 "rather than mixing versions"
             )
-        return str(r.model_version), self._models[str(r.model_version)]
+        return str(r.model_version), models[str(r.model_version)]
 
     def bank_reader(self) -> MemoryBankReader:
         """The store's memory-bank reader (opened once, on first use)."""
@@ -280,14 +364,15 @@ class OnlineScorer:
             return self._bank_reader
 
     def _banks(
-        self, ids: list[int], versions: list[str]
+        self, ids: list[int], versions: list[str], models: dict[str, VistaModel] | None = None
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], list[bool]]:
         """Memory banks (tokens, sizes) of the users whose model has a GSU (one store read),
         and which users' banks were skipped for being another model's."""
+        models = self._models if models is None else models
         wanted = {
             u
             for u, mv in zip(ids, versions, strict=True)
-            if self.memory and self._models[mv].spec.uses_memory_bank
+            if self.memory and models[mv].spec.uses_memory_bank
         }
         if not wanted:
             return [None] * len(ids), [False] * len(ids)
@@ -329,15 +414,19 @@ class OnlineScorer:
             uid, items = check_user_id(req[0]), check_item_ids(req[1], self.max_candidates)
             parsed.append((uid, items, req[2] if len(req) == 3 else None))
         results, version = self._lookup([p[0] for p in parsed])
-        versions = [self._model_for(r)[0] for r in results]
+        # One set of models for the whole batch, taken after the read: a hot swap loads the
+        # models of a new table version before readers see it, and replaces the dict whole.
+        models = self._models
+        default = self._default_model(version, models)
+        versions = [self._model_for(r, models, default)[0] for r in results]
         groups: dict[str, list[int]] = {}
         for i, mv in enumerate(versions):
             groups.setdefault(mv, []).append(i)
-        banks, skipped = self._banks([p[0] for p in parsed], versions)
+        banks, skipped = self._banks([p[0] for p in parsed], versions, models)
         out: list[ScoreResult | None] = [None] * len(parsed)
         now = self.clock()
         for mv, idx in groups.items():
-            model = self._models[mv]
+            model = models[mv]
             feats = [
                 check_features(parsed[i][2], len(parsed[i][1]), model.spec.candidate_features)
                 for i in idx
@@ -403,8 +492,9 @@ class OnlineScorer:
         uid = check_user_id(user_id)
         items = check_item_ids(candidate_item_ids, self.max_candidates)
         (r,), version = self._lookup([uid])
-        mv, model = self._model_for(r)
-        banks, skipped = self._banks([uid], [mv])
+        models = self._models
+        mv, model = self._model_for(r, models, self._default_model(version, models))
+        banks, skipped = self._banks([uid], [mv], models)
         now = self.clock()
         scores = np.concatenate(
             [

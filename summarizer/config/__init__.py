@@ -28,6 +28,7 @@ from summarizer.config.sections import (
     ItemVectorsConfig,
     MemoryConfig,
     PipelineConfig,
+    ServeConfig,
     SparkConfig,
     StoreConfig,
     SynthConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "ModelSpec",
     "PipelineConfig",
+    "ServeConfig",
     "Section",
     "SparkConfig",
     "StoreConfig",
@@ -71,6 +73,7 @@ class VistaConfig(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     item_vectors: ItemVectorsConfig = Field(default_factory=ItemVectorsConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 class ConfigError(ValueError):

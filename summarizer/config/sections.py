@@ -207,3 +207,38 @@ class PipelineConfig(Section):
         24.0, ge=0, description="compaction removes untagged versions older than this"
     )
     candidates_dir: str = Field("artifacts/candidates", description="retrained models")
+
+
+class ServeConfig(Section):
+    """``vista serve``: the scorer as an HTTP service (online_scorer/service.py)."""
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8080, ge=0, le=65535, description="0: any free port")
+    workers: int = Field(
+        1, ge=1, description="server processes; each loads the model and pins the store itself"
+    )
+    batching: bool = Field(
+        True, description="score concurrent requests together in one jagged pass"
+    )
+    max_batch_delay_ms: float = Field(
+        1.0,
+        ge=0,
+        description="longest a request waits for others to join its batch (only while "
+        "requests arrive closer together than this; 0: never waits)",
+    )
+    max_batch_candidates: int = Field(
+        8192, ge=1, description="a batch closes once it holds this many candidates"
+    )
+    max_candidates: int = Field(4096, ge=1, description="candidates one request may carry")
+    max_body_bytes: int = Field(
+        16 * 2**20, ge=1024, description="a larger POST body is refused (413) before parsing"
+    )
+    refresh_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often the service re-reads the serving tag (loading any model the "
+        "new version needs before it answers from it)",
+    )
+    max_models: int = Field(
+        3, ge=1, description="models held at once (the serving ones first; older ones dropped)"
+    )

@@ -128,6 +128,9 @@ class SummaryBatch:
     K: int
     d: int
     results: tuple[SummaryResult, ...]
+    # The model versions whose tokens the read table version holds (empty: not known, for
+    # an index lookup); a scorer scores users without a summary with that version's model.
+    model_versions: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.results)
@@ -202,6 +205,7 @@ class _Snapshot:
     fragments: tuple[Any, ...] = ()
     fragment_starts: np.ndarray | None = None
     moments: int = 0  # second moments a row carries (a ridge read-out's summaries), or 0
+    model_versions: tuple[str, ...] = ()  # the models of its rows (take lookup; else empty)
 
     @property
     def payload(self) -> list[str]:
@@ -279,10 +283,21 @@ class SummaryReader:
         scalars = _Scalars.from_table(ds.to_table(columns=_SCALARS))
         fragments = tuple(ds.get_fragments())
         starts = np.cumsum([0, *(f.count_rows() for f in fragments)]).astype(np.int64)
-        return _Snapshot(ds, version, tag, K, d, scalars, fragments, starts, m)
+        codes = np.flatnonzero(
+            np.bincount(scalars.values[:, _MODEL], minlength=len(scalars.model_versions))
+        )
+        used = tuple(sorted(scalars.model_versions[int(i)] for i in codes))
+        return _Snapshot(ds, version, tag, K, d, scalars, fragments, starts, m, used)
 
-    def refresh(self, force: bool = True) -> bool:
-        """Re-read the tag now; swap to its version if it moved. True if the pin changed."""
+    def refresh(
+        self,
+        force: bool = True,
+        before_swap: Callable[[list[str]], None] | None = None,
+    ) -> bool:
+        """Re-read the tag now; swap to its version if it moved. True if the pin changed.
+
+        ``before_swap``: called with the new version's model versions before readers see it
+        (a server loads the models it needs there); if it raises, the pin stays."""
         if not force and self.clock() - self._checked_at < self.refresh_interval_s:
             return False
         # One refresher at a time; the others keep serving the current snapshot.
@@ -293,10 +308,24 @@ class SummaryReader:
             self._checked_at = self.clock()
             if (version, tag) == (self._snap.version, self._snap.tag):
                 return False
-            self._snap = self._load(version, tag)
+            snap = self._load(version, tag)
+            if before_swap is not None:
+                before_swap(self._model_versions(snap))
+            self._snap = snap
             return True
         finally:
             self._refreshing.release()
+
+    @staticmethod
+    def _model_versions(snap: _Snapshot) -> list[str]:
+        if snap.scalars is not None:
+            return list(snap.model_versions)
+        col = snap.ds.to_table(columns=["model_version"])["model_version"]
+        return sorted(str(v) for v in pc.unique(col).to_pylist())
+
+    def model_versions(self) -> list[str]:
+        """The model versions whose tokens the pinned version holds."""
+        return self._model_versions(self._snap)
 
     def _current(self) -> _Snapshot:
         try:
@@ -398,7 +427,9 @@ class SummaryReader:
                 )
             )
             j += 1
-        return SummaryBatch(snap.version, snap.tag, snap.K, snap.d, tuple(results))
+        return SummaryBatch(
+            snap.version, snap.tag, snap.K, snap.d, tuple(results), snap.model_versions
+        )
 
     def get_one(self, user_id: int) -> SummaryResult:
         """The summary of one user."""

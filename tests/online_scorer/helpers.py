@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -87,3 +91,30 @@ def expected_scores(w: dict[str, Any], rec: SummaryRecord | None, items: list[in
     moments = None if rec is None or rec.moments is None else torch.from_numpy(rec.moments)
     request = ScoringRequest(torch.tensor(items), tokens, n, hours, moments=moments)
     return torch.sigmoid(w["model"].score_request(request)).numpy()
+
+
+@contextlib.contextmanager
+def running_server(app: Any, timeout_s: float = 30.0) -> Iterator[str]:
+    """The app served by uvicorn on a free 127.0.0.1 port in a thread of this process;
+    yields its URL and stops it (graceful shutdown, bounded) on exit."""
+    import uvicorn
+
+    from online_scorer.service import bind
+
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+        sock.close()
+        assert not thread.is_alive(), "the test server did not stop"
