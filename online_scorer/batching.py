@@ -1,8 +1,8 @@
 """Dynamic batching for the service: concurrent requests scored in one jagged pass.
 
 Requests go into a queue; one loop takes them out in batches and hands each batch to
-:meth:`OnlineScorer.score_batch` on a single scoring thread (the model's matmuls already
-use every core), then answers each request with its own result. A request's candidates
+:meth:`OnlineScorer.score_batch` on the service's single torch thread (the model's matmuls
+already use every core), then answers each request with its own result. A request's candidates
 attend to its own memory only, so its scores are those it gets alone (to float32
 rounding; tested).
 
@@ -51,13 +51,16 @@ class Batcher:
         score_batch: Callable[[Sequence[ParsedRequest]], list[ScoreResult]],
         max_delay_s: float,
         max_candidates: int,
+        executor: concurrent.futures.Executor,
         metrics: Metrics | None = None,
     ) -> None:
+        """``executor``: where passes run, one at a time (the service's single torch
+        thread)."""
         self.score_batch = score_batch
         self.max_delay_s, self.max_candidates = max_delay_s, max_candidates
         self.metrics = metrics
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score")
+        self.executor = executor
         self._task: asyncio.Task[None] | None = None
         self._last_arrival = -math.inf
         self._gap = math.inf  # seconds between the last two arrivals
@@ -79,7 +82,6 @@ class Batcher:
             p = self.queue.get_nowait()
             if not p.future.done():
                 p.future.set_exception(ShuttingDownError("the service is shutting down"))
-        self.executor.shutdown(wait=True)
 
     async def submit(self, request: ParsedRequest) -> ScoreResult:
         loop = asyncio.get_running_loop()

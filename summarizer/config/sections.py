@@ -242,3 +242,9 @@ class ServeConfig(Section):
     max_models: int = Field(
         3, ge=1, description="models held at once (the serving ones first; older ones dropped)"
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="threads of a scoring pass (torch intra-op); 0: torch's default (one a "
+        "core). With several workers, cores / workers each",
+    )
