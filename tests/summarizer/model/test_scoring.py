@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from summarizer.model import vista_model
 from summarizer.model.vista_model import ScoringRequest, VistaModel
 from tests.helpers import SMALL, random_events
 
@@ -22,10 +23,15 @@ def test_score_tokens_amortized_equals_per_candidate(model: VistaModel) -> None:
     assert torch.allclose(together[::37], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("piece", [2048, 3], ids=["one-pass", "pieces-of-3"])
 @pytest.mark.parametrize("variant", ["seeds", "state", "gsu"])
-def test_a_jagged_batch_of_requests_equals_each_request_alone(variant: str) -> None:
+def test_a_jagged_batch_of_requests_equals_each_request_alone(
+    variant: str, piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """score_requests: requests of different users (summary or none, recent window or none,
-    bank or none, features) in one pass score as each alone; none sees another's candidates."""
+    bank or none, features) in one pass score as each alone; none sees another's candidates.
+    With pieces of 3 candidates the batch is cut between requests and inside the request of
+    4: the scores do not change."""
     torch.manual_seed(4)
     spec = SMALL.replace(candidate_features=2)
     if variant == "state":
@@ -53,9 +59,11 @@ def test_a_jagged_batch_of_requests_equals_each_request_alone(variant: str) -> N
         ),
         ScoringRequest(torch.tensor([1, 2, 3]), tokens[1], 30, 7.0),  # same items, other user
     ]
+    alone = [m.score_request(req, gsu_backend="torch") for req in requests]
+    monkeypatch.setattr(vista_model, "SERVING_PIECE_CANDIDATES", piece)
     together = m.score_requests(requests, gsu_backend="torch")
-    for req, got in zip(requests, together, strict=True):
-        assert torch.allclose(got, m.score_request(req, gsu_backend="torch"), atol=1e-5)
+    for got, expected in zip(together, alone, strict=True):
+        assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(together[0], together[3], atol=1e-4)
 
 
