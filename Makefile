@@ -55,6 +55,13 @@ demo: $(STAMP)
 	@echo "== 8. score candidates for that user from Python's OnlineScorer (one amortized pass over the summary plus each candidate's GSU picks from the memory bank; a user with no summary takes the cold-start path)"
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 0 1 2 3 42 4242 777
 	cd $(DEMO_DIR) && ../$(BIN)/vista score 99999999 1 2 3
+	@echo "== 8b. the scorer as a network service: vista serve on a free 127.0.0.1 port (dynamic batching on), the same user scored through HTTP (vista score --url), a look at /metrics, then stopped"
+	@cd $(DEMO_DIR) && { ../$(BIN)/vista serve --port 0 > serve.log 2>&1 & echo $$! > serve.pid; } && \
+	  for i in $$(seq 600); do grep -q "listening on" serve.log && break; kill -0 $$(cat serve.pid) 2>/dev/null || { cat serve.log; exit 1; }; sleep 0.1; done && \
+	  url=$$(grep -o "http://[0-9.]*:[0-9]*" serve.log | head -1) && head -1 serve.log && \
+	  { set +e; ../$(BIN)/vista score --url $$url 0 1 2 3 42 4242 777 && \
+	    ../$(BIN)/python -c "import httpx, sys; u = sys.argv[1]; print(httpx.get(u + '/readyz').text); print(*[l for l in httpx.get(u + '/metrics').text.splitlines() if l.startswith(('vista_requests_total', 'vista_batch_requests_count', 'vista_summaries_table_version', 'vista_model_loaded'))], sep='\n')" $$url; \
+	    rc=$$?; kill $$(cat serve.pid); wait $$(cat serve.pid) 2>/dev/null; exit $$rc; }
 	@echo "== 9. long memory: TWIN-V2-cluster that user's whole history (<= 256 events a cluster) and GSU-search it for two candidates"
 	cd $(DEMO_DIR) && ../$(BIN)/vista cluster 0 --candidates 42 4242 --k 2
 	@echo "== demo finished; outputs under $(DEMO_DIR)/data, $(DEMO_DIR)/artifacts and $(DEMO_DIR)/airflow_nightly.log"

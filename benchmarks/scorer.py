@@ -11,7 +11,7 @@ B. Side by side in one run, m=512 candidates, history length n in
    the most favourable setting for it: only the attention is timed).
 Writes benchmarks/out/scorer.json and benchmarks/out/scorer_vs_history.png.
 
-    .venv/bin/python benchmarks/scorer.py [--users 10000] [--requests 200]
+    .venv/bin/python benchmarks/scorer.py [--users 10000] [--requests 200] [--batches 15]
 """
 
 from __future__ import annotations
@@ -137,6 +137,43 @@ def part_a(model_dir: str, store_uri: str, users: int, requests: int) -> dict:
     return out
 
 
+def part_batches(model_dir: str, store_uri: str, users: int, rounds: int) -> dict:
+    """The model part of a jagged batch of R requests of 512 candidates (what a batching
+    service scores at once), per request: in pieces of at most
+    ``SERVING_PIECE_CANDIDATES`` candidates (the default) and in one pass, alternating
+    in ``rounds`` rounds (medians of the rounds' medians)."""
+    import numpy as np
+    import torch
+
+    import summarizer.model.vista_model as vista_model
+    from online_scorer import OnlineScorer
+
+    scorer = OnlineScorer.open(store_uri, model_dir, max_candidates=4096)
+    model = scorer._models[scorer.model_version]
+    rng = np.random.default_rng(3)
+    default = vista_model.SERVING_PIECE_CANDIDATES
+    out = {}
+    for R in (1, 4, 16):
+        summaries = [scorer.reader.get_one(int(u)) for u in rng.integers(0, users, R)]
+        items = [torch.from_numpy(rng.integers(0, 10**7, 512)) for _ in range(R)]
+        reps = max(5, 80 // R)
+        medians: dict[str, list[float]] = {"pieces": [], "one_pass": []}
+        for _ in range(rounds):
+            for name, piece in (("pieces", default), ("one_pass", 10**9)):
+                vista_model.SERVING_PIECE_CANDIDATES = piece
+                xs = []
+                for i in range(reps + 2):
+                    t0 = time.perf_counter()
+                    scorer._forward(model, summaries, items, [None] * R, time.time())
+                    if i >= 2:
+                        xs.append((time.perf_counter() - t0) * 1e3 / R)
+                medians[name].append(statistics.median(xs))
+        vista_model.SERVING_PIECE_CANDIDATES = default
+        out[R] = {f"{k}_ms_per_request": statistics.median(v) for k, v in medians.items()}
+        print(f"batch of {R:2d} x 512: " + ", ".join(f"{k} {v:.3f}" for k, v in out[R].items()))
+    return out
+
+
 def part_b(model_dir: str, repeats: int) -> dict:
     import numpy as np
     import torch
@@ -248,6 +285,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (scorer processes)")
     ap.add_argument("--skip-history", action="store_true", help="part A only")
+    ap.add_argument(
+        "--batches",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also the model part of batches of 1, 4, 16 requests, pieces vs one pass",
+    )
     args = ap.parse_args()
     import torch
 
@@ -255,6 +299,8 @@ def main() -> None:
     work = Path(args.work)
     model_dir, store_uri = build(work, args.users)
     a = part_a(model_dir, store_uri, args.users, args.requests)
+    if args.batches:
+        a["batches"] = part_batches(model_dir, store_uri, args.users, args.batches)
     out = HERE / "out"
     out.mkdir(parents=True, exist_ok=True)  # a fresh clone has no benchmarks/out/
     if args.skip_history:

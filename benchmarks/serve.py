@@ -3,24 +3,29 @@
 Side by side in one run, m candidates a request (default 512) against a store of --users
 users (K=128 summary tokens, d=64; the store of benchmarks/scorer.py):
 
-  (a) in-process: ``OnlineScorer.score`` from 1 thread (one client at a time) and from 2
-      threads (closed loop), no HTTP;
+  (a) in-process: ``OnlineScorer.score`` from the main thread (one caller), then from 2
+      threads (closed loop; torch's 2 threads each, and 1 each), no HTTP;
   (b) the service without batching (`vista serve --no-batching`);
   (c) the service with dynamic batching (`vista serve`).
 
-The services run as their own process (`vista serve --port 0`) on 127.0.0.1; the load
-comes from this process over keep-alive HTTP/1.1 connections (a minimal asyncio client on
-uvloop: pre-encoded request bodies, responses read by Content-Length, every answer's status
-checked and one in 50 parsed). Both share the machine's cores with the server, as a
-co-located client would. For each service: closed loop with c = 1, 2, 4, 8, 16, 32
-connections (QPS, p50, p99), then open loop at fixed offered rates (a fraction of the
-closed-loop saturation QPS; arrivals on a fixed schedule, latency measured from each
-request's scheduled time, so queueing counts). Bounded: --seconds a point.
+Both services run at once, each as its own process (`vista serve --port 0`) on 127.0.0.1;
+the load comes from this process over keep-alive HTTP/1.1 connections (a minimal asyncio
+client on uvloop: pre-encoded request bodies, responses read by Content-Length, every
+answer's status checked and one in 50 parsed; its garbage collector off while measuring).
+Client and servers share the machine's cores, as a co-located client would.
+
+1. One client at a time, interleaved in --rounds rounds of 1 s each: in-process, service
+   without batching, service with batching (medians of the rounds' p50s).
+2. For each service: closed loop with c = 1, 2, 4, 8, 16, 32 connections (QPS, p50, p99),
+   then open loop at fixed offered rates (fractions of the closed-loop saturation QPS;
+   arrivals on a fixed schedule, latency from each request's scheduled time, so queueing
+   counts). Bounded: --seconds a point.
 
 Writes benchmarks/out/serve.json and benchmarks/out/serve_latency.png (latency against
 offered load).
 
     .venv/bin/python benchmarks/serve.py [--users 10000] [--m 512] [--seconds 4]
+        [--serve-conf "workers = 2; torch_threads = 1"]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import importlib.util
 import json
 import os
@@ -39,6 +45,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -84,7 +91,9 @@ def bodies(users: int, m: int, n: int, seed: int = 0) -> list[bytes]:
 
 
 # -- in-process ------------------------------------------------------------------------
-def in_process(model_dir: str, store_uri: str, work: list[bytes], seconds: float) -> dict:
+def in_process(
+    model_dir: str, store_uri: str, work: list[bytes], seconds: float
+) -> tuple[Any, dict]:
     """``score`` with no HTTP: one caller on the main thread (torch's 2 threads), then two
     caller threads with torch's 2 threads each and with 1 each (PyTorch's OpenMP keeps a
     worker team per calling thread: two callers with 2 threads each oversubscribe the 2
@@ -137,7 +146,7 @@ def in_process(model_dir: str, store_uri: str, work: list[bytes], seconds: float
     out["threads_2"] = max(
         (out["threads_2_torch_2"], out["threads_2_torch_1"]), key=lambda r: r["qps"]
     )
-    return out
+    return scorer, out
 
 
 # -- the load generator ------------------------------------------------------------------
@@ -149,9 +158,12 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
     async def post(self, body: bytes, check: bool = False) -> int:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            await self.connect()
         assert self.reader is not None
         self.writer.write(
             b"POST /v1/score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -202,8 +214,9 @@ async def closed_loop(
 
 async def open_loop(host: str, port: int, work: list[bytes], rate: float, seconds: float) -> dict:
     """Requests sent on a fixed schedule at ``rate`` per second, each on an idle connection
-    (opened when none is idle); latency from the scheduled send time."""
-    idle: list[Connection] = []
+    (64 opened beforehand; more when none is idle); latency from the scheduled send time."""
+    idle: list[Connection] = [Connection(host, port) for _ in range(64)]
+    await asyncio.gather(*(c.connect() for c in idle))
     lat: list[float] = []
     errors = [0]
     tasks = []
@@ -305,44 +318,70 @@ def stop_service(proc: subprocess.Popen) -> None:
         pass
 
 
-def service(
-    name: str,
-    work_dir: Path,
-    model_dir: str,
-    store_uri: str,
-    work: list[bytes],
-    batching: bool,
-    seconds: float,
-    clients: list[int],
-    fractions: list[float],
-    extra: str = "",
-) -> dict:
+def sweep(name: str, host: str, port: int, work: list[bytes], args: argparse.Namespace) -> dict:
+    """Closed loop over the connection counts, then open loop at fractions of the best
+    closed-loop QPS."""
     import uvloop
 
-    proc, host, port = start_service(work_dir, model_dir, store_uri, batching, extra)
     out: dict = {"closed": {}, "open": []}
-    try:
 
-        async def run() -> None:
-            await closed_loop(host, port, work, 4, min(1.0, seconds))  # warm-up
-            for c in clients:
-                r = await closed_loop(host, port, work, c, seconds)
-                out["closed"][c] = r
-                print(f"{name}, closed loop, {c:2d} connections: {fmt(r)}", flush=True)
-            saturation = max(r["qps"] for r in out["closed"].values())
-            out["saturation_qps"] = saturation
-            for f in fractions:
-                r = await open_loop(host, port, work, f * saturation, seconds)
-                r["fraction"] = f
-                out["open"].append(r)
-                print(f"{name}, open loop at {f:.0%} of {saturation:.0f}/s: {fmt(r)}", flush=True)
+    async def run() -> None:
+        for c in args.clients:
+            r = await closed_loop(host, port, work, c, args.seconds)
+            out["closed"][c] = r
+            print(f"{name}, closed loop, {c:2d} connections: {fmt(r)}", flush=True)
+        saturation = max(r["qps"] for r in out["closed"].values())
+        out["saturation_qps"] = saturation
+        for f in args.fractions:
+            r = await open_loop(host, port, work, f * saturation, args.seconds)
+            r["fraction"] = f
+            out["open"].append(r)
+            print(f"{name}, open loop at {f:.0%} of {saturation:.0f}/s: {fmt(r)}", flush=True)
 
-        uvloop.run(run())
-        import httpx
+    uvloop.run(run())
+    import httpx
 
-        out["metrics"] = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
-    finally:
-        stop_service(proc)
+    out["metrics"] = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
+    return out
+
+
+def one_client(
+    scorer_score: Any, services: dict[str, tuple[str, int]], work: list[bytes], rounds: int
+) -> dict:
+    """One client at a time, side by side: in rounds, 1 s each of in-process ``score`` (on
+    this process's main thread) and one connection to each service; medians of the
+    rounds' p50s."""
+    import numpy as np
+    import uvloop
+
+    reqs = [
+        (d["user_id"], np.asarray(d["candidate_ids"], dtype=np.int64))
+        for d in (json.loads(b) for b in work)
+    ]
+    p50s: dict[str, list[float]] = {"in_process": [], **{n: [] for n in services}}
+    for _ in range(rounds):
+        lat: list[float] = []
+        stop = time.perf_counter() + 1.0
+        k = 0
+        while time.perf_counter() < stop:
+            u, items = reqs[k % len(reqs)]
+            t0 = time.perf_counter()
+            scorer_score(u, items)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            k += 1
+        p50s["in_process"].append(statistics.median(lat))
+        for name, (host, port) in services.items():
+            r = uvloop.run(closed_loop(host, port, work, 1, 1.0))
+            p50s[name].append(r["p50_ms"])
+    out = {f"{n}_p50_ms": statistics.median(v) for n, v in p50s.items()}
+    out["rounds"] = p50s
+    print(
+        "one client at a time, medians of "
+        + str(rounds)
+        + " rounds: "
+        + ", ".join(f"{n} {statistics.median(v):.2f} ms" for n, v in p50s.items()),
+        flush=True,
+    )
     return out
 
 
@@ -353,16 +392,11 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, style in (("service_batching", "o-"), ("service_no_batching", "s--")):
+    for name, color in (("service_batching", "tab:blue"), ("service_no_batching", "tab:red")):
         pts = results[name]["open"]
-        ax.plot([p["qps"] for p in pts], [p["p50_ms"] for p in pts], style, label=f"{name} p50")
-        ax.plot(
-            [p["qps"] for p in pts],
-            [p["p99_ms"] for p in pts],
-            style,
-            alpha=0.5,
-            label=f"{name} p99",
-        )
+        qps = [p["qps"] for p in pts]
+        ax.plot(qps, [p["p50_ms"] for p in pts], "o-", color=color, label=f"{name} p50")
+        ax.plot(qps, [p["p99_ms"] for p in pts], "s--", color=color, alpha=0.6, label=f"{name} p99")
     ip = results["in_process"]["threads_2"]["qps"]
     ax.axvline(ip, color="grey", linestyle=":", label=f"in-process 2 threads, {ip:.0f}/s")
     ax.set_xlabel("answered requests per second (offered load on a fixed schedule)")
@@ -382,6 +416,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="per measurement point")
     ap.add_argument("--clients", default="1,2,4,8,16,32")
     ap.add_argument("--fractions", default="0.1,0.3,0.5,0.7,0.85,1.0")
+    ap.add_argument("--rounds", type=int, default=7, help="of the one-client comparison")
     ap.add_argument(
         "--serve-conf",
         default="",
@@ -389,14 +424,15 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(HERE / "out"))
     args = ap.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.fractions = [float(f) for f in args.fractions.split(",")]
     import torch
+    import uvloop
 
     torch.set_num_threads(2)
     work_dir = Path(args.work)
     model_dir, store_uri = build_store(work_dir, args.users)
     work = bodies(args.users, args.m, 200)
-    clients = [int(c) for c in args.clients.split(",")]
-    fractions = [float(f) for f in args.fractions.split(",")]
     results: dict = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "users": args.users,
@@ -405,31 +441,38 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "serve_conf": args.serve_conf,
     }
-    results["in_process"] = in_process(model_dir, store_uri, work, args.seconds)
-    for name, batching in (("service_no_batching", False), ("service_batching", True)):
-        results[name] = service(
-            name,
-            work_dir,
-            model_dir,
-            store_uri,
-            work,
-            batching,
-            args.seconds,
-            clients,
-            fractions,
-            args.serve_conf,
-        )
-    ip = results["in_process"]
+    scorer, results["in_process"] = in_process(model_dir, store_uri, work, args.seconds)
+    names = {"service_no_batching": False, "service_batching": True}
+    procs = {}
+    try:
+        for name, batching in names.items():
+            procs[name] = start_service(work_dir, model_dir, store_uri, batching, args.serve_conf)
+        services = {n: (h, p) for n, (_, h, p) in procs.items()}
+        for host, port in services.values():  # warm-up
+            uvloop.run(closed_loop(host, port, work, 4, min(1.0, args.seconds)))
+        # The load generator's own collector pauses (this process holds torch) would count
+        # as service latency: none during the measurements.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        results["one_client"] = one_client(scorer.score, services, work, args.rounds)
+        for name, (host, port) in services.items():
+            results[name] = sweep(name, host, port, work, args)
+    finally:
+        gc.enable()
+        for proc, _, _ in procs.values():
+            stop_service(proc)
+    ip, one = results["in_process"], results["one_client"]
     b, nb = results["service_batching"], results["service_no_batching"]
     at70 = next((p for p in b["open"] if abs(p["fraction"] - 0.7) < 1e-9), None)
     results["targets"] = {
         "batching_qps_over_in_process_2_threads": b["saturation_qps"] / ip["threads_2"]["qps"],
         "no_batching_qps_over_in_process_2_threads": nb["saturation_qps"] / ip["threads_2"]["qps"],
         "batching_p99_ms_at_70pct": None if at70 is None else at70["p99_ms"],
-        "one_client_service_p50_minus_in_process_ms": b["closed"][1]["p50_ms"]
-        - ip["threads_1"]["p50_ms"]
-        if 1 in b["closed"]
-        else None,
+        "one_client_batching_p50_minus_in_process_ms": one["service_batching_p50_ms"]
+        - one["in_process_p50_ms"],
+        "one_client_no_batching_p50_minus_in_process_ms": one["service_no_batching_p50_ms"]
+        - one["in_process_p50_ms"],
     }
     print(json.dumps(results["targets"], indent=2))
     out = Path(args.out)

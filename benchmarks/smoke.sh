@@ -14,8 +14,9 @@ run $PY benchmarks/kernels.py --quick --repeats 1 --cpu --out "$T/kernels"
 run $PY benchmarks/memory_bank.py --sizes 2000 --repeats 1 --requests 3 --processes 1 --out "$T/memory_bank.json"
 run $PY benchmarks/store.py --users 500 --K 4 --d 8 --points 20 --batches 2 --batch 16 --db "$T/store" --out "$T/store.json"
 run $PY benchmarks/state_format.py --users 200 --rows 50 --read 20 --rounds 1 --dir "$T/state_format"
-run $PY benchmarks/scorer.py --work "$T/scorer" --users 40 --requests 5 --repeats 1
+run $PY benchmarks/scorer.py --work "$T/scorer" --users 40 --requests 5 --repeats 1 --batches 1
 run $PY benchmarks/take_path.py --store "$T/scorer/store" --reads 20
+run $PY benchmarks/serve.py --work "$T/scorer" --users 40 --m 16 --seconds 0.5 --clients 1,4 --fractions 0.5 --rounds 1 --out "$T/serve"
 run $PY benchmarks/scorer_memory.py --work "$T/scorer_memory" --users 4 --banks 300 --requests 3 --candidates 64 --gsu-k 8
 run $VISTA data synth --users 30 --max-events 400 --seed 1 --out "$T/synth/events" --quiet
 run $VISTA data validate --input "$T/synth/events" --valid-out "$T/synth/valid" --quarantine-out "$T/synth/q" --quiet
