@@ -20,6 +20,8 @@ Client and servers share the machine's cores, as a co-located client would.
    then open loop at fixed offered rates (fractions of the closed-loop saturation QPS;
    arrivals on a fixed schedule, latency from each request's scheduled time, so queueing
    counts). Bounded: --seconds a point.
+3. Saturation side by side, interleaved in --rounds rounds: in-process from 2 threads,
+   each service at its best connection count (the ratios in "targets").
 
 Writes benchmarks/out/serve.json and benchmarks/out/serve_latency.png (latency against
 offered load).
@@ -93,7 +95,7 @@ def bodies(users: int, m: int, n: int, seed: int = 0) -> list[bytes]:
 # -- in-process ------------------------------------------------------------------------
 def in_process(
     model_dir: str, store_uri: str, work: list[bytes], seconds: float
-) -> tuple[Any, dict]:
+) -> tuple[Any, Any, dict]:
     """``score`` with no HTTP: one caller on the main thread (torch's 2 threads), then two
     caller threads with torch's 2 threads each and with 1 each (PyTorch's OpenMP keeps a
     worker team per calling thread: two callers with 2 threads each oversubscribe the 2
@@ -143,10 +145,24 @@ def in_process(
         out[key] = summary(lats[0] + lats[1], time.perf_counter() - t0, 0)
         print(f"in-process, 2 callers x {torch_threads} torch threads: {fmt(out[key])}", flush=True)
     torch.set_num_threads(2)
-    out["threads_2"] = max(
-        (out["threads_2_torch_2"], out["threads_2_torch_1"]), key=lambda r: r["qps"]
-    )
-    return scorer, out
+    best = 2 if out["threads_2_torch_2"]["qps"] >= out["threads_2_torch_1"]["qps"] else 1
+    out["threads_2"] = out[f"threads_2_torch_{best}"]
+    out["threads_2_best_torch_threads"] = best
+
+    def rate(secs: float) -> float:
+        """QPS of two callers for ``secs`` (torch threads as the better setting above)."""
+        lats: list[list[float]] = [[], []]
+        stop = time.perf_counter() + secs
+        ts = [threading.Thread(target=loop, args=(j, 2, stop, lats[j], best)) for j in range(2)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        torch.set_num_threads(2)
+        return (len(lats[0]) + len(lats[1])) / (time.perf_counter() - t0)
+
+    return scorer, rate, out
 
 
 # -- the load generator ------------------------------------------------------------------
@@ -385,6 +401,30 @@ def one_client(
     return out
 
 
+def throughput(
+    in_process_rate: Any, services: dict[str, tuple[str, int]], work: list[bytes], args: Any
+) -> dict:
+    """Saturation QPS side by side, interleaved in --rounds rounds of --seconds each: the
+    in-process scorer from 2 threads (the better of torch 2 or 1 threads a caller) and each
+    service in closed loop at its best connection count of the sweep; medians of rounds."""
+    import uvloop
+
+    qps: dict[str, list[float]] = {"in_process_2_threads": [], **{n: [] for n in services}}
+    for _ in range(args.rounds):
+        qps["in_process_2_threads"].append(in_process_rate(args.seconds))
+        for name, (host, port) in services.items():
+            c = args.best_clients[name]
+            qps[name].append(uvloop.run(closed_loop(host, port, work, c, args.seconds))["qps"])
+    out = {f"{n}_qps": statistics.median(v) for n, v in qps.items()}
+    out["rounds"] = qps
+    print(
+        f"saturation QPS, medians of {args.rounds} interleaved rounds: "
+        + ", ".join(f"{n} {statistics.median(v):.0f}" for n, v in qps.items()),
+        flush=True,
+    )
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -441,7 +481,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "serve_conf": args.serve_conf,
     }
-    scorer, results["in_process"] = in_process(model_dir, store_uri, work, args.seconds)
+    scorer, rate, results["in_process"] = in_process(model_dir, store_uri, work, args.seconds)
     names = {"service_no_batching": False, "service_batching": True}
     procs = {}
     try:
@@ -458,16 +498,22 @@ def main() -> None:
         results["one_client"] = one_client(scorer.score, services, work, args.rounds)
         for name, (host, port) in services.items():
             results[name] = sweep(name, host, port, work, args)
+        args.best_clients = {
+            n: max(results[n]["closed"].items(), key=lambda kv: kv[1]["qps"])[0] for n in services
+        }
+        results["throughput"] = throughput(rate, services, work, args)
     finally:
         gc.enable()
         for proc, _, _ in procs.values():
             stop_service(proc)
-    ip, one = results["in_process"], results["one_client"]
-    b, nb = results["service_batching"], results["service_no_batching"]
+    one, b = results["one_client"], results["service_batching"]
     at70 = next((p for p in b["open"] if abs(p["fraction"] - 0.7) < 1e-9), None)
+    tp = results["throughput"]
     results["targets"] = {
-        "batching_qps_over_in_process_2_threads": b["saturation_qps"] / ip["threads_2"]["qps"],
-        "no_batching_qps_over_in_process_2_threads": nb["saturation_qps"] / ip["threads_2"]["qps"],
+        "batching_qps_over_in_process_2_threads": tp["service_batching_qps"]
+        / tp["in_process_2_threads_qps"],
+        "no_batching_qps_over_in_process_2_threads": tp["service_no_batching_qps"]
+        / tp["in_process_2_threads_qps"],
         "batching_p99_ms_at_70pct": None if at70 is None else at70["p99_ms"],
         "one_client_batching_p50_minus_in_process_ms": one["service_batching_p50_ms"]
         - one["in_process_p50_ms"],
