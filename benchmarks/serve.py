@@ -21,7 +21,7 @@ Client and servers share the machine's cores, as a co-located client would.
    arrivals on a fixed schedule, latency from each request's scheduled time, so queueing
    counts). Bounded: --seconds a point.
 3. Saturation side by side, interleaved in --rounds rounds: in-process from 2 threads,
-   each service at its best connection count (the ratios in "targets").
+   each service at the largest connection count (the ratios in "targets").
 
 Writes benchmarks/out/serve.json and benchmarks/out/serve_latency.png (latency against
 offered load).
@@ -406,14 +406,15 @@ def throughput(
 ) -> dict:
     """Saturation QPS side by side, interleaved in --rounds rounds of --seconds each: the
     in-process scorer from 2 threads (the better of torch 2 or 1 threads a caller) and each
-    service in closed loop at its best connection count of the sweep; medians of rounds."""
+    service in closed loop at the largest connection count; medians of the rounds (the
+    sweep's single points drift too much on this shared machine to pick from)."""
     import uvloop
 
     qps: dict[str, list[float]] = {"in_process_2_threads": [], **{n: [] for n in services}}
     for _ in range(args.rounds):
         qps["in_process_2_threads"].append(in_process_rate(args.seconds))
         for name, (host, port) in services.items():
-            c = args.best_clients[name]
+            c = max(args.clients)
             qps[name].append(uvloop.run(closed_loop(host, port, work, c, args.seconds))["qps"])
     out = {f"{n}_qps": statistics.median(v) for n, v in qps.items()}
     out["rounds"] = qps
@@ -498,9 +499,6 @@ def main() -> None:
         results["one_client"] = one_client(scorer.score, services, work, args.rounds)
         for name, (host, port) in services.items():
             results[name] = sweep(name, host, port, work, args)
-        args.best_clients = {
-            n: max(results[n]["closed"].items(), key=lambda kv: kv[1]["qps"])[0] for n in services
-        }
         results["throughput"] = throughput(rate, services, work, args)
     finally:
         gc.enable()

@@ -16,6 +16,17 @@ from pydantic import Field, field_validator
 from summarizer.config.section import Section
 
 
+def values_as_strings(value: Any) -> Any:
+    """A table of settings whose consumer takes strings (Spark conf, object-store options):
+    TOML and environment overrides give numbers and booleans too (``allow_http = true``
+    becomes ``"true"``)."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()
+        }
+    return value
+
+
 class DataConfig(Section):
     """Where event data lives and what a valid event is."""
 
@@ -152,7 +163,16 @@ class StoreConfig(Section):
         description="summaries older than this read as stale; 0 turns the check off",
     )
     refresh_interval_s: float = Field(30.0, ge=0, description="how often readers re-pin serving")
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="object-store options for LanceDB (credentials, endpoint, region, "
+        "allow_http); numbers and booleans are passed as the strings lance expects",
+    )
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_as_strings(cls, value: Any) -> Any:
+        return values_as_strings(value)
 
 
 class SparkConfig(Section):
@@ -179,13 +199,7 @@ class SparkConfig(Section):
     @field_validator("conf", mode="before")
     @classmethod
     def _conf_values_as_strings(cls, value: Any) -> Any:
-        # Spark takes strings; TOML and env give numbers and booleans too.
-        if isinstance(value, Mapping):
-            return {
-                str(k): (str(v).lower() if isinstance(v, bool) else str(v))
-                for k, v in value.items()
-            }
-        return value
+        return values_as_strings(value)  # Spark takes strings
 
 
 class PipelineConfig(Section):

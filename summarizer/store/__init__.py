@@ -166,6 +166,7 @@ class SummaryStore:
         self.max_age_s, self.refresh_interval_s, self.clock = max_age_s, refresh_interval_s, clock
         self._reader: SummaryReader | None = None
         self._reader_lock = threading.Lock()
+        self._stale = False
 
     @classmethod
     def from_config(
@@ -215,7 +216,10 @@ class SummaryStore:
 
     def commit_upsert(self, table: str, staged: Sequence[StagedFragments]) -> PublishResult:
         """Driver half of a publish: one commit replaces the staged users' rows."""
-        return commit_upsert(self.location, table, staged)
+        try:
+            return commit_upsert(self.location, table, staged)
+        finally:
+            self._written()
 
     def publish(
         self,
@@ -280,11 +284,20 @@ class SummaryStore:
             return self.open_reader(version=version, lookup="index").get(ids)
         with self._reader_lock:
             if self._reader is None:
-                # The facade is for jobs and tools: always re-check the tag, so a read
-                # right after a promote sees it (online readers use open_reader()).
-                self._reader = self.open_reader(require_tag=False, refresh_interval_s=0)
-            reader = self._reader
+                # Pinned like an online reader: the tag is re-read every refresh_interval_s,
+                # not on every call (a tag read is a listing: ~25 ms on S3). This facade's
+                # own writes re-pin it at once (_written).
+                self._reader = self.open_reader(require_tag=False)
+                self._stale = False
+            reader, stale, self._stale = self._reader, self._stale, False
+        if stale:
+            reader.refresh(force=True)
         return reader.get(ids)
+
+    def _written(self) -> None:
+        """A write through this facade: its next read re-pins first (read-your-writes)."""
+        with self._reader_lock:
+            self._stale = True
 
     def _read_table(self, table: str, user_ids: Any, version: int | None = None) -> pa.Table:
         ids = validate_user_ids(user_ids)
@@ -350,13 +363,19 @@ class SummaryStore:
 
     def promote(self, version: int | None = None, *, table: str = SUMMARIES) -> int:
         """Move the serving tag to ``version`` (default: latest); readers follow on refresh."""
-        return promote(self.location, version, table)
+        try:
+            return promote(self.location, version, table)
+        finally:
+            self._written()
 
     def rollback(
         self, version: int | None = None, *, restore_latest: bool = True, table: str = SUMMARIES
     ) -> RollbackResult:
         """Serve an earlier version again (default: the one before the last promote)."""
-        return rollback(self.location, version, restore_latest=restore_latest, table=table)
+        try:
+            return rollback(self.location, version, restore_latest=restore_latest, table=table)
+        finally:
+            self._written()
 
     def compact(
         self,
@@ -365,11 +384,14 @@ class SummaryStore:
         tables: Sequence[str] = TABLES,
     ) -> list[MaintenanceResult]:
         """Compact files, re-index and remove old untagged versions of every existing table."""
-        return [
-            compact(self.location, t, cleanup_older_than=cleanup_older_than)
-            for t in tables
-            if self.exists(t)
-        ]
+        try:
+            return [
+                compact(self.location, t, cleanup_older_than=cleanup_older_than)
+                for t in tables
+                if self.exists(t)
+            ]
+        finally:
+            self._written()
 
     def info(self) -> StoreInfo:
         """Tables, rows, versions, tags and sizes."""
