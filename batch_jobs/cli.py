@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from summarizer.config import VistaConfig
@@ -65,11 +64,13 @@ def _human(report: dict[str, Any]) -> str:
     return f"{job}: " + ", ".join(k for k in scalars if not k.startswith("job "))
 
 
-def _emit(report: dict[str, Any], path: Path, as_json: bool) -> None:
-    """Write the report whole as JSON; print it (--json) or a short summary of it."""
+def _emit(report: dict[str, Any], path: str, as_json: bool, cfg: VistaConfig) -> None:
+    """Write the report whole as JSON (local or object storage); print it (--json) or a
+    short summary of it."""
+    from summarizer.data import files
+
     text = json.dumps(report, indent=2, sort_keys=True, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    files.write_text(path, text + "\n", cfg.data.storage_options)
     if as_json:
         print(text)
     else:
@@ -90,14 +91,15 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
     from batch_jobs.runs import JobError, default_run_dir, latest_run_dir
     from batch_jobs.summarize import run_summarize
     from batch_jobs.validate import run_validate
+    from summarizer.data import files
 
     try:
         if args.job == "validate":
             spark = _session(cfg, args)
             report = run_validate(spark, cfg, None if args.all else args.day)
             name = "all" if args.all else max(args.day)
-            report_path = args.report or str(
-                default_run_dir(cfg, "validate", name) / "validate.json"
+            report_path = args.report or files.join(
+                default_run_dir(cfg, "validate", name), "validate.json"
             )
         elif args.job == "summarize":
             mode = "full" if args.full else "incremental"
@@ -121,19 +123,19 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
             if args.training_window:
                 from summarizer.data.histories import temporal_split
 
-                before = temporal_split(cfg.data.valid_dir)[0]
+                before = temporal_split(cfg.data.valid_dir, options=cfg.data.storage_options)[0]
             spark = _session(cfg, args)
             report = run_item_vectors(spark, cfg, day=args.date, before_ts=before)
             report_path = args.report
         else:
             if args.run_dir:
-                run_dir = args.run_dir
+                run_dir = files.absolute(args.run_dir)
             elif args.date:
-                run_dir = str(default_run_dir(cfg, args.mode, args.date))
+                run_dir = default_run_dir(cfg, args.mode, args.date)
             else:
-                run_dir = str(latest_run_dir(cfg))
+                run_dir = latest_run_dir(cfg)
             report = run_publish(cfg, run_dir, promote=args.promote)
-            report_path = args.report or str(Path(run_dir) / "publish.json")
+            report_path = args.report or files.join(run_dir, "publish.json")
     except (JobError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -141,8 +143,8 @@ def _run(cfg: VistaConfig, args: argparse.Namespace) -> int:
         where = report.get("run_dir") or default_run_dir(
             cfg, args.job, str(report.get("day") or report.get("through_day") or "all")
         )
-        report_path = str(Path(where) / f"{args.job}.json")
-    _emit(report, Path(report_path), args.json)
+        report_path = files.join(str(where), f"{args.job}.json")
+    _emit(report, report_path, args.json, cfg)
     return 0
 
 

@@ -16,6 +16,7 @@ from batch_jobs.runs import JobError, default_run_dir, job_days, worker_params, 
 from batch_jobs.spark_io import ddl, fold_ordered, read_valid
 from batch_jobs.worker import OUTPUT_SCHEMA, WorkerParams
 from summarizer.config import VistaConfig
+from summarizer.data import files
 from summarizer.store import MEMORY_BANK, StagedFragments, SummaryStore
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def run_cluster(
     if mode not in ("full", "incremental"):
         raise JobError(f"mode must be 'full' or 'incremental', got {mode!r}")
     model_dir = model_dir or cfg.model.model_dir
-    spec, model_version = artifacts.describe(model_dir)  # the workers load the weights
+    opts = cfg.data.storage_options
+    spec, model_version = artifacts.describe(model_dir, opts)  # the workers load the weights
     spec.require_summarizer()
     if not spec.uses_memory_bank:
         raise JobError(
@@ -94,11 +96,11 @@ def run_cluster(
     )
     parts = cfg.spark.partitions or 2 * spark.sparkContext.defaultParallelism
     staged, recluster, stats = _cluster_pass(
-        spark, read_valid(spark, cfg.data.valid_dir, days), params, parts
+        spark, read_valid(spark, cfg.data.valid_dir, days, opts), params, parts
     )
     if recluster:  # their whole history, from every valid day up to this one
         ids = spark.createDataFrame([(u,) for u in recluster], "user_id long")
-        history = read_valid(spark, cfg.data.valid_dir, [d for d in valid_days if d <= day])
+        history = read_valid(spark, cfg.data.valid_dir, [d for d in valid_days if d <= day], opts)
         more, _, again = _cluster_pass(
             spark,
             history.join(F.broadcast(ids), "user_id"),
@@ -133,5 +135,5 @@ def run_cluster(
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["events_per_s"] = round(stats.events / report["seconds"]) if report["seconds"] else None
     out = default_run_dir(cfg, f"cluster-{mode}", day)
-    write_json(out / "cluster.json", report)
+    write_json(files.join(out, "cluster.json"), report, opts)
     return report

@@ -73,7 +73,7 @@ class PartitionClusterer:
         if params.cluster is None:
             raise ValueError("the cluster job's workers need WorkerParams.cluster")
         self.p, self.cluster = params, params.cluster
-        self.model = worker_model(params.model_dir, params.model_version)
+        self.model = worker_model(params.model_dir, params.model_version, params.data_options)
         self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
         self.schema = memory_bank_schema(
             self.cluster.max_clusters, self.model.spec.d_model, params.model_version

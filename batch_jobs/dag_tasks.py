@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from summarizer.config import VistaConfig, load_config
+from summarizer.data import files
 from summarizer.data.events import dataset, day_bounds, day_path
 from summarizer.store import SUMMARIES, SummaryStore
 
@@ -58,7 +59,7 @@ def _session(cfg: VistaConfig) -> Any:
 def partition_ready(cfg: VistaConfig, day: str) -> bool:
     """The day's raw events partition exists and holds at least one Parquet file."""
     folder = day_path(cfg.data.events_dir, day)
-    return folder.is_dir() and any(folder.glob("*.parquet"))
+    return bool(files.files_with_suffix(folder, ".parquet", cfg.data.storage_options))
 
 
 def validate(cfg: VistaConfig, day: str) -> dict[str, Any]:
@@ -130,7 +131,9 @@ def check_summaries(cfg: VistaConfig, day: str) -> dict[str, Any]:
     if latest is None:
         raise CheckFailed("the store has no summaries table; did publish run?")
     active = (
-        dataset(day_path(cfg.data.valid_dir, day)).to_table(columns=["user_id"]).column("user_id")
+        dataset(day_path(cfg.data.valid_dir, day), cfg.data.storage_options)
+        .to_table(columns=["user_id"])
+        .column("user_id")
     )
     users = pc.unique(active).to_pylist()
     new, found = _tokens(store, users, latest, through=day)
@@ -265,7 +268,7 @@ def resummarize(cfg: VistaConfig, candidate_dir: str) -> dict[str, Any]:
         cfg,
         mode="full",
         model_dir=candidate_dir,
-        run_dir=Path(cfg.data.runs_dir) / f"retrain-{uuid.uuid4().hex[:8]}",
+        run_dir=files.join(files.absolute(cfg.data.runs_dir), f"retrain-{uuid.uuid4().hex[:8]}"),
     )
     return {"summarize": staged, "publish": run_publish(cfg, staged["run_dir"])}
 

@@ -82,7 +82,7 @@ class PartitionFolder:
 
         torch.set_num_threads(params.torch_threads)  # one thread per Python worker
         self.p = params
-        self.model = worker_model(params.model_dir, params.model_version)
+        self.model = worker_model(params.model_dir, params.model_version, params.data_options)
         self.summ = self.model.require_summarizer()
         self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
         # Written in the state table's precision (float32; float64 for older tables).

@@ -48,7 +48,7 @@ def run_item_vectors(
     t0 = time.perf_counter()
     p = cfg.item_vectors
     day, days, _ = job_days(cfg, "item-vectors", "full", day)
-    ev = read_valid(spark, cfg.data.valid_dir, days)
+    ev = read_valid(spark, cfg.data.valid_dir, days, cfg.data.storage_options)
     r = F.when(F.col("weight").isNotNull() & ~F.isnan("weight"), F.col("weight")).otherwise(
         (F.col("action") >= ENGAGED).cast("double")
     )

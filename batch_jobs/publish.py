@@ -12,12 +12,12 @@ import datetime as dt
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from batch_jobs import ledger
-from batch_jobs.runs import MANIFEST, JobError, write_json
+from batch_jobs.runs import MANIFEST, JobError, read_json, write_json
 from summarizer.config import VistaConfig
+from summarizer.data import files
 from summarizer.store import STATE, SUMMARIES, StagedFragments, SummaryStore
 
 
@@ -42,14 +42,22 @@ def run_publish(
 ) -> dict[str, Any]:
     """Commit a summarize run: one commit per table, then the ledger row; optionally promote."""
     t0 = time.perf_counter()
-    path = Path(run_dir) / MANIFEST
-    skipped = Path(run_dir) / "summarize.json"
-    if not path.exists():
-        if skipped.exists() and json.loads(skipped.read_text()).get("status") == "skipped":
-            info = json.loads(skipped.read_text())
-            return {"job": "publish", "status": "skipped", "reason": info["reason"], "seconds": 0}
+    opts = cfg.data.storage_options
+    run_dir = files.absolute(run_dir)
+    path = files.join(run_dir, MANIFEST)
+    skipped = files.join(run_dir, "summarize.json")
+    if not files.exists(path, opts):
+        if files.exists(skipped, opts):
+            info = read_json(skipped, opts)
+            if info.get("status") == "skipped":
+                return {
+                    "job": "publish",
+                    "status": "skipped",
+                    "reason": info["reason"],
+                    "seconds": 0,
+                }
         raise FileNotFoundError(f"no {MANIFEST} in {run_dir}; run `vista job summarize` first")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, opts)
     store = SummaryStore.from_config(cfg.store)
     loc = store.location
     report: dict[str, Any] = {"job": "publish", "run_id": manifest["run_id"], "tables": {}}
@@ -90,5 +98,5 @@ def run_publish(
     if promote and report["summaries_version"] is not None:
         report["serving_version"] = store.promote(report["summaries_version"])
     report["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(Path(run_dir) / "publish.json", report)
+    write_json(files.join(run_dir, "publish.json"), report, opts)
     return report

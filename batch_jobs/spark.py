@@ -12,7 +12,9 @@ Settings the jobs rely on, applied unless the config sets them:
   holds at once for one user (histories are folded chunk by chunk);
 * AQE does not coalesce partitions: the summarize stage is CPU bound in Python
   and wants every core busy, not fewer, larger tasks;
-* partition columns stay strings (``dt=YYYY-MM-DD``), timestamps in UTC.
+* partition columns stay strings (``dt=YYYY-MM-DD``), timestamps in UTC;
+* a master on this machine (``local[*]``, ``spark://127.0.0.1:7077``) keeps the driver on
+  127.0.0.1; ``spark.python`` names the executors' interpreter.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from summarizer.config import SparkConfig
 
@@ -41,7 +44,8 @@ JOB_DEFAULTS: dict[str, str] = {
 
 
 def python_env() -> dict[str, str]:
-    """Environment that makes Spark's Python workers run this interpreter.
+    """Environment that makes Spark's Python workers run this interpreter (unless
+    ``spark.python`` names the executors' own, see :func:`session_conf`).
 
     Also quiets lance's Rust log to errors unless LANCE_LOG is set: every worker
     staging the first fragments of a new table would log that it creates it.
@@ -53,9 +57,28 @@ def python_env() -> dict[str, str]:
     }
 
 
+def on_loopback(master: str) -> bool:
+    """Whether the master runs on this machine only (``local[...]``, or a standalone master
+    on a loopback address)."""
+    if master.startswith("local"):
+        return True
+    host = urlparse(master).hostname if "://" in master else None
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def session_conf(cfg: SparkConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Spark conf a job session gets: job defaults < config < ``extra``."""
-    return {**JOB_DEFAULTS, **cfg.conf, **(extra or {})}
+    """The Spark conf a job session gets: job defaults < config < ``extra``.
+
+    ``spark.python`` becomes ``spark.pyspark.python`` (the executors' interpreter). A
+    master on this machine binds the driver to 127.0.0.1 (without it the driver listens
+    on the host's address, reachable from the network), unless the conf says otherwise."""
+    conf = {**JOB_DEFAULTS, **cfg.conf, **(extra or {})}
+    if cfg.python:
+        conf.setdefault("spark.pyspark.python", cfg.python)
+    if on_loopback(cfg.master):
+        conf.setdefault("spark.driver.host", "127.0.0.1")
+        conf.setdefault("spark.driver.bindAddress", "127.0.0.1")
+    return conf
 
 
 def build_session(
@@ -70,6 +93,9 @@ def build_session(
     are kept; only job defaults the submitter did not set are added.
     """
     os.environ.update(python_env())
+    if not submitted and on_loopback(cfg.master):
+        # Spark's other services (block manager, UI) bind by SPARK_LOCAL_IP.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # py4j logs every connection close at INFO; under a root logger at INFO (Airflow's)
     # that floods the output, and at interpreter exit it fails on closed streams.
     logging.getLogger("py4j").setLevel(logging.WARNING)

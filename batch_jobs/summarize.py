@@ -25,7 +25,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_jobs import ledger
@@ -42,6 +41,7 @@ from batch_jobs.runs import (
 from batch_jobs.spark_io import ddl, fold_ordered, read_valid
 from batch_jobs.worker import OUTPUT_SCHEMA
 from summarizer.config import VistaConfig
+from summarizer.data import files
 from summarizer.store import STATE, SUMMARIES, SummaryStore
 from summarizer.store.schema import model_version_of
 
@@ -55,7 +55,7 @@ def _incremental_plan(
     """(why this day is already done, or None; the state version to fold into)."""
     loc = store.location
     runs = ledger.entries(loc, model_version)
-    rows_now = day_rows(cfg.data.valid_dir, day)
+    rows_now = day_rows(cfg.data.valid_dir, day, cfg.data.storage_options)
     for e in runs:
         if e.mode == "full" and e.day >= day:
             return f"day {day} is included in full run {e.run_id} (through {e.day})", None
@@ -122,25 +122,26 @@ def run_summarize(
     # The driver only needs the version (and that the model summarizes); the workers load
     # the weights and check them against it. Loading and hashing 68 MB here cost ~0.25 s
     # of every run, a tenth of an incremental day.
-    spec, model_version = artifacts.describe(model_dir)
+    opts = cfg.data.storage_options
+    spec, model_version = artifacts.describe(model_dir, opts)
     spec.require_summarizer()
     store = SummaryStore.from_config(cfg.store)
     day, days, _ = job_days(cfg, "summarize", mode, day)
     skipped, base = None, None
     if mode == "incremental":
         skipped, base = _incremental_plan(store, cfg, model_version, day)
-    out = Path(run_dir) if run_dir is not None else default_run_dir(cfg, mode, day)
+    out = files.absolute(run_dir) if run_dir is not None else default_run_dir(cfg, mode, day)
     report: dict[str, Any] = {
         "job": "summarize",
         "mode": mode,
         "day": day,
         "days": len(days),
         "model_version": model_version,
-        "run_dir": str(out),
+        "run_dir": out,
     }
     if skipped is not None:
         report.update(status="skipped", reason=skipped, seconds=round(time.perf_counter() - t0, 3))
-        write_json(out / "summarize.json", report)
+        write_json(files.join(out, "summarize.json"), report, opts)
         return report
 
     run_id = f"{mode}-{day}-{uuid.uuid4().hex[:12]}"
@@ -156,7 +157,7 @@ def run_summarize(
         fail_after_users=fail_after_users,
     )
     parts = summarize_partitions(cfg.spark.partitions, spark.sparkContext.defaultParallelism, mode)
-    events = read_valid(spark, cfg.data.valid_dir, days)
+    events = read_valid(spark, cfg.data.valid_dir, days, opts)
     rows = (
         fold_ordered(events, parts)
         .mapInArrow(functools.partial(fold_partition, params=params), ddl(OUTPUT_SCHEMA))
@@ -184,7 +185,7 @@ def run_summarize(
     )
     report["events_per_s"] = round(stats.events / report["seconds"]) if report["seconds"] else None
     # The ledger compares a day's row count on reruns: record what the partition holds.
-    report["rows_in_days"] = sum(day_rows(cfg.data.valid_dir, d) for d in days)
-    write_json(out / MANIFEST, {**report, "staged": staged})
-    write_json(out / "summarize.json", report)
+    report["rows_in_days"] = sum(day_rows(cfg.data.valid_dir, d, opts) for d in days)
+    write_json(files.join(out, MANIFEST), {**report, "staged": staged}, opts)
+    write_json(files.join(out, "summarize.json"), report, opts)
     return report

@@ -21,9 +21,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_jobs.runs import JobError, check_day
-from batch_jobs.spark_io import ddl, spark_type, write_days
+from batch_jobs.spark_io import ddl, read_remote_days, spark_type, write_days
 from summarizer.config import VistaConfig
-from summarizer.data.events import EVENT_SCHEMA, PARTITION_KEY, day_path, list_days, write_day
+from summarizer.data import files
+from summarizer.data.events import (
+    EVENT_SCHEMA,
+    PARTITION_KEY,
+    day_files,
+    day_path,
+    list_days,
+    write_day,
+)
 from summarizer.data.validation import (
     QUARANTINE_SCHEMA,
     REASONS,
@@ -37,6 +45,12 @@ if TYPE_CHECKING:
 
 SORT_KEY = ("user_id", "ts", "item_id", "action", "weight")
 DAY = "dt"
+# Raw events as the Python workers read them from object storage: the integer columns
+# wide (an out-of-range action must reach validation, not wrap), as Spark's reader casts.
+RAW_SCHEMA = pa.schema(
+    [*(pa.field(c, pa.int64()) for c in ("user_id", "ts", "item_id", "action"))]
+    + [pa.field("weight", pa.float32()), pa.field(DAY, pa.string())]
+)
 # Every row with its day and reason; null reason = valid.
 OUTPUT_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(DAY, pa.string()))
 
@@ -97,24 +111,23 @@ def run_validate(
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
-    days = sorted(check_day(d) for d in days) if days else list_days(cfg.data.events_dir)
+    opts = cfg.data.storage_options
+    events = files.absolute(cfg.data.events_dir)
+    days = sorted(check_day(d) for d in days) if days else list_days(events, opts)
     if not days:
         raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {cfg.data.events_dir}")
     for day in days:
-        src = day_path(cfg.data.events_dir, day)
-        if not src.exists():
-            raise FileNotFoundError(f"no events partition {src}")
-        for file in sorted(src.glob("*.parquet")):
+        for file in day_files(events, day, opts):  # FileNotFoundError for a missing day
+            fs, path = files.filesystem(file, opts)
             try:
-                check_schema(pq.read_schema(file))
+                check_schema(pq.read_schema(path, filesystem=fs))
             except ValueError as exc:
                 raise JobError(f"{file}: {exc}") from exc
-    paths = [str(day_path(cfg.data.events_dir, d)) for d in days]
-    df = (
-        spark.read.option("basePath", cfg.data.events_dir)
-        .option("mergeSchema", "true")
-        .parquet(*paths)
-    )
+    if files.is_remote(events):
+        df = read_remote_days(spark, events, days, opts, RAW_SCHEMA)
+    else:
+        paths = [day_path(events, d) for d in days]
+        df = spark.read.option("basePath", events).option("mergeSchema", "true").parquet(*paths)
     if "weight" not in df.columns:
         df = df.withColumn("weight", F.lit(None).cast("float"))
     df = df.select(
@@ -147,10 +160,10 @@ def run_validate(
         quarantine = checked.where(F.col("reason").isNotNull())
         with_rows = {d for d, c in per_day.items() if c.get("", 0)}
         with_bad = {d for d, c in per_day.items() if set(c) - {""}}
-        write_days(valid, cfg.data.valid_dir, days, with_rows)
+        write_days(valid, cfg.data.valid_dir, days, with_rows, opts)
         for d in set(days) - with_rows:  # validated, nothing valid: an empty partition
-            write_day(EVENT_SCHEMA.empty_table(), cfg.data.valid_dir, d)
-        write_days(quarantine, cfg.data.quarantine_dir, days, with_bad)
+            write_day(EVENT_SCHEMA.empty_table(), cfg.data.valid_dir, d, options=opts)
+        write_days(quarantine, cfg.data.quarantine_dir, days, with_bad, opts)
     finally:
         checked.unpersist()
     day_reports: list[dict[str, Any]] = []

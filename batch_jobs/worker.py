@@ -29,7 +29,7 @@ class WorkerParams:
     model_dir: str
     model_version: str
     store_uri: str
-    storage_options: dict[str, str]
+    storage_options: dict[str, str]  # the store's
     run_time: dt.datetime  # the run's logical time (end of its day): reruns write equal rows
     through_day: dt.date  # the last event day this run reads
     base_version: int | None  # incremental: the table version every worker reads
@@ -39,16 +39,21 @@ class WorkerParams:
     cluster: ClusterParams | None = None  # the cluster job's TWIN-V2 parameters
     # Failpoint for tests: raise once this many users are staged (a run dying half way).
     fail_after_users: int | None = None
+    data_options: dict[str, str] = dataclasses.field(default_factory=dict)  # the model folder's
 
 
-def worker_model(model_dir: str, expected_version: str) -> Any:
-    """The model, loaded once per worker process (Spark reuses Python workers)."""
+def worker_model(
+    model_dir: str, expected_version: str, options: dict[str, str] | None = None
+) -> Any:
+    """The model, loaded once per worker process (Spark reuses Python workers); an
+    object-store folder is copied into this node's cache once (artifacts.local_folder)."""
     key = (model_dir, expected_version)
     with _models_lock:
         if key not in _models:
             from summarizer.model import artifacts
 
-            model, version = artifacts.load(model_dir)
+            model, version = artifacts.load(model_dir, options)
+
             if version != expected_version:
                 raise RuntimeError(
                     f"model folder {model_dir} holds version {version[:12]} on this worker, "

@@ -23,7 +23,13 @@ def cmd_synth(cfg: VistaConfig, args: argparse.Namespace) -> int:
     flags = {"n_users": args.users, "max_events": args.max_events, "seed": args.seed}
     scfg = cfg.synth.replace(**{k: v for k, v in flags.items() if v is not None})
     out = args.out or cfg.data.events_dir
-    summary = synth.generate(scfg, out, progress=not args.quiet, num_actions=cfg.data.num_actions)
+    summary = synth.generate(
+        scfg,
+        out,
+        progress=not args.quiet,
+        num_actions=cfg.data.num_actions,
+        options=cfg.data.storage_options,
+    )
     print(
         f"wrote {summary.n_events:,} events for {summary.n_users:,} users over "
         f"{len(summary.days)} days ({summary.days[0]} .. {summary.days[-1]}) to {out}"
@@ -37,7 +43,7 @@ def cmd_ingest(cfg: VistaConfig, args: argparse.Namespace) -> int:
     from summarizer.data import movielens
 
     out = args.out or cfg.data.events_dir
-    rows, days = movielens.ingest(args.path, out)
+    rows, days = movielens.ingest(args.path, out, cfg.data.storage_options)
     print(f"ingested {rows:,} ratings into {len(days)} day partitions under {out}")
     return 0
 
@@ -55,6 +61,7 @@ def cmd_validate(cfg: VistaConfig, args: argparse.Namespace) -> int:
             max_clock_skew_s=cfg.data.max_clock_skew_s,
             days=args.day or None,
             progress=not args.quiet,
+            options=cfg.data.storage_options,
         )
     except EventSchemaError as exc:
         print(f"schema mismatch: {exc}", file=sys.stderr)

@@ -9,9 +9,9 @@ takes :class:`TrainConfig`, TWIN-V2 clustering takes :class:`ClusterParams`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field
 
 from summarizer.config.section import Section
 
@@ -27,6 +27,10 @@ def values_as_strings(value: Any) -> Any:
     return value
 
 
+# Settings whose consumer takes strings (Spark conf, object-store options).
+StringOptions = Annotated[dict[str, str], BeforeValidator(values_as_strings)]
+
+
 class DataConfig(Section):
     """Where event data lives and what a valid event is."""
 
@@ -34,6 +38,12 @@ class DataConfig(Section):
     valid_dir: str = Field("data/valid", description="validated events, same layout")
     quarantine_dir: str = Field("data/quarantine", description="rejected rows with a reason")
     runs_dir: str = Field("data/runs", description="batch-job manifests and JSON reports")
+    storage_options: StringOptions = Field(
+        default_factory=dict,
+        description="object-store options of the folders above and of the model folder "
+        "(s3://, gs://; LanceDB's keys: aws_access_key_id, aws_secret_access_key, "
+        "aws_region, aws_endpoint, allow_http); empty: the SDK's environment",
+    )
     num_actions: int = Field(8, ge=1, le=32767, description="valid actions are 0..num_actions-1")
     max_clock_skew_s: int = Field(
         3600, ge=0, description="timestamps this far past the reference time are still valid"
@@ -163,16 +173,11 @@ class StoreConfig(Section):
         description="summaries older than this read as stale; 0 turns the check off",
     )
     refresh_interval_s: float = Field(30.0, ge=0, description="how often readers re-pin serving")
-    storage_options: dict[str, str] = Field(
+    storage_options: StringOptions = Field(
         default_factory=dict,
         description="object-store options for LanceDB (credentials, endpoint, region, "
         "allow_http); numbers and booleans are passed as the strings lance expects",
     )
-
-    @field_validator("storage_options", mode="before")
-    @classmethod
-    def _options_as_strings(cls, value: Any) -> Any:
-        return values_as_strings(value)
 
 
 class SparkConfig(Section):
@@ -189,17 +194,17 @@ class SparkConfig(Section):
     users_per_flush: int = Field(
         2048, ge=1, description="users per staged fragment (bounds a worker's output buffer)"
     )
-    conf: dict[str, str] = Field(
+    conf: StringOptions = Field(
         default_factory=lambda: {
             "spark.sql.shuffle.partitions": "8",
             "spark.driver.memory": "4g",
         }
     )
-
-    @field_validator("conf", mode="before")
-    @classmethod
-    def _conf_values_as_strings(cls, value: Any) -> Any:
-        return values_as_strings(value)  # Spark takes strings
+    python: str = Field(
+        "",
+        description="the Python interpreter of the executors (spark.pyspark.python); empty: "
+        "the driver's own (every node then needs the same venv at the same path)",
+    )
 
 
 class PipelineConfig(Section):

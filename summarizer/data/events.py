@@ -1,4 +1,5 @@
-"""The event data contract: schema, actions, and day-partitioned Parquet I/O.
+"""The event data contract: schema, actions, and day-partitioned Parquet I/O (local folders
+or object storage, through :mod:`summarizer.data.files`).
 
 One row per event: ``user_id int64, ts int64 (unix seconds), item_id int64,
 action int16`` and an optional ``weight float32`` (rating, dwell, ...). On disk
@@ -12,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from summarizer.data import files
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -72,17 +75,30 @@ def conform(table: pa.Table) -> pa.Table:
     return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
 
 
+Options = Mapping[str, str] | None  # object-store options of a data location (files.py)
+
+
 def write_day(
-    table: pa.Table, root: str | os.PathLike[str], day: str, name: str = "part-0"
-) -> Path:
-    """Write one day's events as ``root/dt=day/name.parquet``, replacing that file atomically."""
-    folder = Path(root) / f"{PARTITION_KEY}={day}"
+    table: pa.Table,
+    root: str | os.PathLike[str],
+    day: str,
+    name: str = "part-0",
+    options: Options = None,
+) -> str:
+    """Write one day's events as ``root/dt=day/name.parquet``, replacing that file atomically
+    (a local file is renamed into place; an object-store PUT completes whole or not at all).
+    ``root`` is a local path or an object-store URI (:mod:`summarizer.data.files`)."""
+    final = files.join(day_path(root, day), f"{name}.parquet")
+    fs, path = files.filesystem(final, options)
+    if files.is_remote(final):
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        return final
+    folder = Path(path).parent
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}.parquet"
     tmp = folder / f".{name}.parquet.tmp"
     pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, final)
-    return final
+    os.replace(tmp, path)
+    return path
 
 
 def write_partitioned(
@@ -90,6 +106,7 @@ def write_partitioned(
     root: str | os.PathLike[str],
     name: str = "part-0",
     arrival_ts: np.ndarray | None = None,
+    options: Options = None,
 ) -> list[str]:
     """Split a table by day and write one file per day. Returns the days.
 
@@ -109,41 +126,48 @@ def write_partitioned(
     ends = np.r_[starts[1:], len(day_index)]
     days = days_of(day_index[starts] * SECONDS_PER_DAY)
     for day, a, b in zip(days, starts, ends, strict=True):
-        write_day(table.slice(a, b - a), root, str(day), name)
+        write_day(table.slice(a, b - a), root, str(day), name, options)
     return [str(d) for d in days]
 
 
-def list_days(root: str | os.PathLike[str]) -> list[str]:
-    """Days present under a partitioned root, sorted."""
-    root = Path(root)
-    if not root.exists():
-        return []
+def list_days(root: str | os.PathLike[str], options: Options = None) -> list[str]:
+    """Days present under a partitioned root (local or object storage), sorted."""
     prefix = f"{PARTITION_KEY}="
     return sorted(
-        p.name[len(prefix) :] for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)
+        n[len(prefix) :] for n, folder in files.list_dir(str(root), options) if n.startswith(prefix)
     )
 
 
-def day_path(root: str | os.PathLike[str], day: str) -> Path:
-    return Path(root) / f"{PARTITION_KEY}={day}"
+def day_path(root: str | os.PathLike[str], day: str) -> str:
+    """The URI of a day's partition folder: ``root/dt=day``."""
+    return files.join(str(root), f"{PARTITION_KEY}={day}")
 
 
-def read_day(root: str | os.PathLike[str], day: str) -> pa.Table:
+def day_files(root: str | os.PathLike[str], day: str, options: Options = None) -> list[str]:
+    """The day's Parquet files, sorted; FileNotFoundError if the partition is missing."""
+    folder = day_path(root, day)
+    if not files.exists(folder, options):
+        raise FileNotFoundError(f"no events partition {folder}")
+    return files.files_with_suffix(folder, ".parquet", options)
+
+
+def read_day(root: str | os.PathLike[str], day: str, options: Options = None) -> pa.Table:
     """All rows of one day partition, with the file's own columns (not yet validated)."""
     folder = day_path(root, day)
-    if not folder.exists():
-        raise FileNotFoundError(f"no events partition {folder}")
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
-    if not files:
+    paths = day_files(root, day, options)
+    if not paths:
         return EVENT_SCHEMA.empty_table()
-    tables = [pq.read_table(f) for f in files]
+    tables = []
+    for f in paths:
+        fs, path = files.filesystem(f, options)
+        tables.append(pq.read_table(path, filesystem=fs))
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         types: dict[str, dict[str, str]] = {}  # column -> file -> type
-        for f, t in zip(files, tables, strict=True):
+        for f, t in zip(paths, tables, strict=True):
             for field in t.schema:
-                types.setdefault(field.name, {})[Path(f).name] = str(field.type)
+                types.setdefault(field.name, {})[files.name(f)] = str(field.type)
         clash = {c: by_file for c, by_file in types.items() if len(set(by_file.values())) > 1}
         detail = "; ".join(
             f"column {c!r}: " + ", ".join(f"{name} has {typ}" for name, typ in sorted(by.items()))
@@ -154,10 +178,13 @@ def read_day(root: str | os.PathLike[str], day: str) -> pa.Table:
         ) from exc
 
 
-def dataset(root: str | os.PathLike[str]) -> ds.Dataset:
-    """The partitioned events as a pyarrow dataset (``dt`` as a string column)."""
+def dataset(root: str | os.PathLike[str], options: Options = None) -> ds.Dataset:
+    """The partitioned events (local or object storage) as a pyarrow dataset (``dt`` as a
+    string column)."""
+    fs, path = files.filesystem(str(root), options)
     return ds.dataset(
-        str(root),
+        path,
+        filesystem=fs,
         format="parquet",
         partitioning=ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive"),
         exclude_invalid_files=True,
@@ -165,10 +192,13 @@ def dataset(root: str | os.PathLike[str]) -> ds.Dataset:
 
 
 def iter_batches(
-    root: str | os.PathLike[str], columns: list[str] | None = None, batch_size: int = 1 << 17
+    root: str | os.PathLike[str],
+    columns: list[str] | None = None,
+    batch_size: int = 1 << 17,
+    options: Options = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream a partitioned dataset in bounded record batches."""
-    yield from dataset(root).to_batches(columns=columns, batch_size=batch_size)
+    yield from dataset(root, options).to_batches(columns=columns, batch_size=batch_size)
 
 
 def sort_events(table: pa.Table) -> pa.Table:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from summarizer.data.events import EVENT_SCHEMA, Action, dataset, sort_events
+from summarizer.data.events import EVENT_SCHEMA, Action, Options, dataset, sort_events
 
 RATING_POSITIVE = 4.0  # MovieLens: label = rating >= 4
 
@@ -80,15 +80,22 @@ def event_labels(action: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return np.where(rated, weight >= RATING_POSITIVE, action >= Action.CLICK).astype(np.float32)
 
 
-def _read(root: str | os.PathLike[str], filt: ds.Expression | None) -> pa.Table:
-    scanner = dataset(root).scanner(columns=EVENT_SCHEMA.names, filter=filt, batch_size=1 << 17)
+def _read(
+    root: str | os.PathLike[str], filt: ds.Expression | None, options: Options = None
+) -> pa.Table:
+    scanner = dataset(root, options).scanner(
+        columns=EVENT_SCHEMA.names, filter=filt, batch_size=1 << 17
+    )
     return pa.Table.from_batches(scanner.to_batches(), schema=EVENT_SCHEMA)
 
 
-def load_histories(root: str | os.PathLike[str], users: list[int] | None = None) -> Histories:
-    """All (or the given) users' histories from a validated events folder."""
+def load_histories(
+    root: str | os.PathLike[str], users: list[int] | None = None, options: Options = None
+) -> Histories:
+    """All (or the given) users' histories from a validated events folder (local or object
+    storage)."""
     filt = ds.field("user_id").isin(users) if users is not None else None
-    return Histories.from_table(_read(root, filt))
+    return Histories.from_table(_read(root, filt, options))
 
 
 def iter_history_buckets(root: str | os.PathLike[str], n_buckets: int) -> Iterator[Histories]:
@@ -100,10 +107,10 @@ def iter_history_buckets(root: str | os.PathLike[str], n_buckets: int) -> Iterat
 
 
 def temporal_split(
-    root: str | os.PathLike[str], q: tuple[float, float] = (0.8, 0.9)
+    root: str | os.PathLike[str], q: tuple[float, float] = (0.8, 0.9), options: Options = None
 ) -> tuple[int, int]:
     """Timestamp percentiles that split events 80/10/10 (train < t1 <= val < t2 <= test)."""
-    scanner = dataset(root).scanner(columns=["ts"], batch_size=1 << 20)
+    scanner = dataset(root, options).scanner(columns=["ts"], batch_size=1 << 20)
     ts = np.concatenate([b.column(0).to_numpy() for b in scanner.to_batches()])
     if ts.size == 0:
         raise ValueError(f"no events under {root}")

@@ -13,6 +13,7 @@ Every rating becomes one ``Action.RATE`` event. Rows are not filtered here:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -79,8 +80,13 @@ def read_ratings(path: str | os.PathLike[str]) -> pa.Table:
     )
 
 
-def ingest(path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> tuple[int, list[str]]:
-    """Convert a MovieLens ratings file into day-partitioned events. Returns (rows, days)."""
+def ingest(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: Mapping[str, str] | None = None,
+) -> tuple[int, list[str]]:
+    """Convert a MovieLens ratings file into day-partitioned events under ``out_dir`` (local
+    or object storage). Returns (rows, days)."""
     table = read_ratings(path)
-    days = write_partitioned(table, out_dir, name="movielens")
+    days = write_partitioned(table, out_dir, name="movielens", options=options)
     return table.num_rows, days

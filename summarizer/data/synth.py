@@ -41,12 +41,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from summarizer.config import SynthConfig
+from summarizer.data import files
 from summarizer.data.events import EVENT_SCHEMA, Action, day_bounds, write_partitioned
 from summarizer.data.validation import REASONS
 
@@ -201,16 +202,18 @@ def generate(
     progress: bool = True,
     flush_rows: int = 4_000_000,
     num_actions: int = 8,
+    options: Mapping[str, str] | None = None,
 ) -> SynthSummary:
-    """Write the whole synthetic dataset as day-partitioned Parquet under ``out_dir``.
+    """Write the whole synthetic dataset as day-partitioned Parquet under ``out_dir`` (a
+    local folder or an object-store URI; ``options``: its storage options).
 
     Users are generated one at a time and flushed in bounded groups (one file
     per group and day), so memory stays bounded for 10^7+ events.
     """
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    out = str(out_dir)
+    if files.list_dir(out, options):
         raise FileExistsError(f"{out} is not empty; synth writes a fresh dataset")
     all_profiles = profiles(cfg)
     pending: list[pa.Table] = []
@@ -228,7 +231,11 @@ def generate(
             table, arrival, counts = inject_bad_rows(table, cfg.bad_row_fraction, rng, num_actions)
             for kind, count in counts.items():
                 injected[kind] = injected.get(kind, 0) + count
-            days.update(write_partitioned(table, out, name=f"part-{part:05d}", arrival_ts=arrival))
+            days.update(
+                write_partitioned(
+                    table, out, name=f"part-{part:05d}", arrival_ts=arrival, options=options
+                )
+            )
             part += 1
         pending, pending_rows = [], 0
 

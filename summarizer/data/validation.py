@@ -17,12 +17,13 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from summarizer.data import files
 from summarizer.data.events import (
     EVENT_SCHEMA,
     OPTIONAL_COLUMNS,
@@ -265,18 +266,21 @@ def validate_day(
     num_actions: int,
     max_clock_skew_s: int = 3600,
     now: float | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> DayReport:
-    """Validate one day partition and write its valid rows and quarantine (replacing earlier output)."""
-    table = read_day(events_dir, day)  # files that cannot be combined: names the partition
+    """Validate one day partition and write its valid rows and quarantine (replacing earlier
+    output); the folders are local paths or object-store URIs (``options``: data.storage_options)."""
+    # Files that cannot be combined: read_day names the partition.
+    table = read_day(events_dir, day, options)
     try:
         result = validate_table(table, reference_time(day, now), num_actions, max_clock_skew_s)
     except EventSchemaError as exc:
-        raise EventSchemaError(f"{Path(events_dir) / ('dt=' + day)}: {exc}") from exc
-    write_day(result.valid, valid_dir, day)
+        raise EventSchemaError(f"{day_path(events_dir, day)}: {exc}") from exc
+    write_day(result.valid, valid_dir, day, options=options)
     if result.quarantine.num_rows:
-        write_day(result.quarantine, quarantine_dir, day)
+        write_day(result.quarantine, quarantine_dir, day, options=options)
     else:  # a rerun must not leave an earlier run's quarantine behind
-        (day_path(quarantine_dir, day) / "part-0.parquet").unlink(missing_ok=True)
+        files.delete(files.join(day_path(quarantine_dir, day), "part-0.parquet"), options)
     assert result.n_input == table.num_rows, "validation lost rows"
     return DayReport(
         day=day, n_input=table.num_rows, n_valid=result.valid.num_rows, counts=result.counts
@@ -292,16 +296,19 @@ def validate_dataset(
     days: list[str] | None = None,
     now: float | None = None,
     progress: bool = True,
+    options: Mapping[str, str] | None = None,
 ) -> ValidationReport:
     """Validate every (or the given) day partition of a dataset, one day in memory at a time."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    todo = list_days(events_dir) if days is None else days
+    todo = list_days(events_dir, options) if days is None else days
     if not todo:
         raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {events_dir}")
     reports = [
-        validate_day(events_dir, d, valid_dir, quarantine_dir, num_actions, max_clock_skew_s, now)
+        validate_day(
+            events_dir, d, valid_dir, quarantine_dir, num_actions, max_clock_skew_s, now, options
+        )
         for d in tqdm(
             todo, desc="validate", unit="day", disable=not progress or not sys.stderr.isatty()
         )

@@ -57,3 +57,8 @@ class NoServingVersionError(StoreError, LookupError):
 
 class ConcurrentWriteError(StoreError):
     """Another writer committed to the table during a publish (one committer per table)."""
+
+
+class StagedFilesError(StoreError):
+    """A publish's staged files are missing or not what the run recorded; nothing was
+    committed."""

@@ -36,6 +36,13 @@ class StoreLocation:
     uri: str
     storage_options: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A local path is made absolute where the location is made (the driver): a Spark
+        # executor resolves a relative one against its own working folder, and would stage
+        # files in a store nobody reads.
+        if not urlparse(self.uri).scheme or len(urlparse(self.uri).scheme) == 1:
+            object.__setattr__(self, "uri", os.path.abspath(os.path.expanduser(self.uri)))
+
     @property
     def is_remote(self) -> bool:
         scheme = urlparse(self.uri).scheme

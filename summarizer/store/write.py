@@ -22,10 +22,11 @@ uniqueness and raises :class:`ConcurrentWriteError` if it was broken.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import FragmentMetadata
 
+from summarizer.store.commit_guard import publish_lock, verify_staged
 from summarizer.store.errors import (
     ConcurrentWriteError,
     DuplicateUserError,
@@ -161,7 +163,10 @@ def ensure_index(location: StoreLocation, table: str) -> lance.LanceDataset:
 def commit_upsert(
     location: StoreLocation, table: str, staged: Sequence[StagedFragments]
 ) -> PublishResult:
-    """Make staged fragments visible in one commit, replacing those users' old rows."""
+    """Make staged fragments visible in one commit, replacing those users' old rows.
+
+    Every staged file is checked first (:func:`verify_staged`), and the commit holds the
+    table's publish lock (:func:`publish_lock`)."""
     check_table(table)
     staged = [s for s in staged if s.num_rows]
     if not staged:
@@ -170,29 +175,56 @@ def commit_upsert(
     meta, ids = _merge_staged(table, staged)
     schema = canonical_schema(table, meta)
     fragments = [FragmentMetadata.from_json(j) for s in staged for j in s.fragments]
+    verify_staged(location, table, fragments, len(ids))
+    uri = location.table_uri(table)
+    with _commit_lock(uri), publish_lock(location, table), _conflicts_named(table):
+        return _commit(location, table, fragments, schema, meta, ids)
+
+
+@contextlib.contextmanager
+def _conflicts_named(table: str) -> Iterator[None]:
+    """lance's commit-conflict errors as a ConcurrentWriteError that says what to do."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        if "conflict" not in str(exc).lower() or isinstance(exc, StoreError):
+            raise
+        raise ConcurrentWriteError(
+            f"another publish committed to '{table}' while this one ran (one committer per "
+            "table): nothing of this run is visible; rerun the publish"
+        ) from exc
+
+
+def _commit(
+    location: StoreLocation,
+    table: str,
+    fragments: list[FragmentMetadata],
+    schema: pa.Schema,
+    meta: dict[str, str],
+    ids: np.ndarray,
+) -> PublishResult:
     uri = location.table_uri(table)
     options = dict(location.storage_options) or None
-    with _commit_lock(uri):
-        if not location.exists(table):
-            lance.LanceDataset.commit(
-                uri, lance.LanceOperation.Overwrite(schema, fragments), storage_options=options
-            )
-            ds = ensure_index(location, table)
-            return PublishResult(table, ds.version, len(ids), len(ids), 0, created=True)
-        ds = location.open(table)
-        check_against_table(table, ds.schema, schema, location)
-        read_version = ds.version
-        addresses = _old_rows(ds, ids)
-        updated, removed = _delete_old_rows(ds, addresses)
-        op = lance.LanceOperation.Update(
-            removed_fragment_ids=removed, updated_fragments=updated, new_fragments=fragments
+    if not location.exists(table):
+        lance.LanceDataset.commit(
+            uri, lance.LanceOperation.Overwrite(schema, fragments), storage_options=options
         )
-        ds = lance.LanceDataset.commit(ds, op, read_version=read_version, storage_options=options)
-        if ds.version != read_version + 1:
-            _check_unique(ds, ids, table)
-        if model_version_of(ds.schema) != meta.get(META_MODEL):
-            ds.update_schema_metadata({META_MODEL: meta.get(META_MODEL, "")})
         ds = ensure_index(location, table)
+        return PublishResult(table, ds.version, len(ids), len(ids), 0, created=True)
+    ds = location.open(table)
+    check_against_table(table, ds.schema, schema, location)
+    read_version = ds.version
+    addresses = _old_rows(ds, ids)
+    updated, removed = _delete_old_rows(ds, addresses)
+    op = lance.LanceOperation.Update(
+        removed_fragment_ids=removed, updated_fragments=updated, new_fragments=fragments
+    )
+    ds = lance.LanceDataset.commit(ds, op, read_version=read_version, storage_options=options)
+    if ds.version != read_version + 1:
+        _check_unique(ds, ids, table)
+    if model_version_of(ds.schema) != meta.get(META_MODEL):
+        ds.update_schema_metadata({META_MODEL: meta.get(META_MODEL, "")})
+    ds = ensure_index(location, table)
     return PublishResult(table, ds.version, len(ids), len(ids) - len(addresses), len(addresses))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -60,10 +59,11 @@ def train_and_save(
     ``model.model_dir``); early stopping on the validation window. ``item_vectors``: the
     store's table version a ridge read-out starts from (``[train] pretrain_items =
     "table"``; ``SummaryStore.item_vectors``)."""
-    data = Path(data_dir or cfg.data.valid_dir)
-    out = Path(out_dir or cfg.model.model_dir)
-    t1, t2 = temporal_split(data)
-    hist = load_histories(data)
+    data = str(data_dir or cfg.data.valid_dir)
+    out = str(out_dir or cfg.model.model_dir)
+    options = cfg.data.storage_options
+    t1, t2 = temporal_split(data, options=options)
+    hist = load_histories(data, options=options)
     # Explicit feedback (ratings in ``weight``) gets a rating head as well.
     spec = model_spec(cfg, rating_head=bool(np.any(~np.isnan(hist.weight))))
     tc = cfg.train if epochs is None else cfg.train.replace(epochs=epochs)
@@ -84,7 +84,7 @@ def train_and_save(
     }
     if item_vectors is not None and tc.pretrain_items == "table":
         meta["item_vectors_version"] = item_vectors.version
-    version = artifacts.save(result.model, out, metadata={**meta, "data": str(data)})
+    version = artifacts.save(result.model, out, {**meta, "data": data}, options)
     return TrainedModel(
         model_dir=str(out),
         version=version,

@@ -151,3 +151,27 @@ def test_memory_section_is_the_cluster_parameters() -> None:
     assert cfg.memory.max_cluster_size == 12
     with pytest.raises(ConfigError, match="branching"):
         load_config(None, env={"VISTA_MEMORY__BRANCHING": "1"})
+
+
+def test_storage_options_take_booleans_and_numbers_as_strings(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lance (and the data layer) take string options; TOML and env give booleans and
+    numbers, which failed validation before."""
+    path = tmp_path / "vista.toml"
+    path.write_text(
+        '[store]\nuri = "s3://b/store"\n[store.storage_options]\nallow_http = true\n'
+        'timeout = 30\n[data.storage_options]\naws_endpoint = "http://127.0.0.1:9000"\n'
+        "allow_http = false\n"
+    )
+    monkeypatch.setenv("VISTA_STORE__STORAGE_OPTIONS__connect_timeout", "5")
+    cfg = load_config(str(path))
+    assert cfg.store.storage_options == {
+        "allow_http": "true",
+        "timeout": "30",
+        "connect_timeout": "5",
+    }
+    assert cfg.data.storage_options == {
+        "aws_endpoint": "http://127.0.0.1:9000",
+        "allow_http": "false",
+    }
