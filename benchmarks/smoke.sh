@@ -24,4 +24,5 @@ run $PY benchmarks/synthetic_oracle.py "$T/synth/valid" --topics 400 --targets 8
 run $PY benchmarks/item_vector_probe.py "$T/synth/valid" --topics 400 --targets 8
 run $PY benchmarks/train_throughput.py "$T/synth/valid" --epochs 1 --threads 1
 run $PY benchmarks/batch_jobs.py --work "$T/batch" --users 40 --max-events 600 --giants 1 --min-events 20
+run $PY benchmarks/cluster.py --users 200 --lookups 20 --chain-users 8 --out "$T/cluster"
 echo "bench-smoke: every benchmark ran"

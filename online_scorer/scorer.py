@@ -134,12 +134,15 @@ class OnlineScorer:
         memory: bool = True,
         gsu_backend: str | None = None,
         bank_refresh_interval_s: float | None = None,
+        model_options: dict[str, str] | None = None,
     ) -> None:
         """``refresh_interval_s``: how often reads re-pin the serving tag (None: the store's;
         ``math.inf``: only :meth:`sync` does); ``bank_refresh_interval_s``: the memory
-        banks' (unset: the same)."""
+        banks' (unset: the same); ``model_options``: object-store options of model folders
+        on ``s3://``/``gs://`` (``data.storage_options``)."""
         if not model_dirs:
             raise ValueError("an OnlineScorer needs at least one model folder")
+        self.model_options = dict(model_options or {})
         self.store, self.clock = store, clock
         self.max_candidates, self.cache_size = int(max_candidates), int(cache_size)
         self.memory, self.gsu_backend = bool(memory), gsu_backend
@@ -207,12 +210,12 @@ class OnlineScorer:
             # The store and the scorer share one clock (the scorer's: recency features).
             SummaryStore.from_config(cfg.store, clock=kwargs.get("clock", time.time)),
             [cfg.model.model_dir],
-            **kwargs,
+            **{"model_options": cfg.data.storage_options, **kwargs},
         )
 
     def add_model(self, model_dir: str) -> str:
         """Hold one more model (e.g. the next one, before the serving tag moves to it)."""
-        model, version = artifacts.load(model_dir)
+        model, version = artifacts.load(model_dir, self.model_options)
         model.require_summarizer()
         model.eval()
         if self.memory and model.spec.uses_memory_bank:

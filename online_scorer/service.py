@@ -37,7 +37,6 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,13 +65,19 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "VISTA_SERVE_CONFIG_JSON"
 
 
-def model_folders(cfg: VistaConfig) -> list[Path]:
-    """Where the service looks for a model the serving summaries need."""
-    serving = Path(cfg.model.model_dir)
-    out = [serving, serving.with_name(f"{serving.name}.previous")]
-    candidates = Path(cfg.pipeline.candidates_dir)
-    if candidates.is_dir():
-        out += sorted(p for p in candidates.iterdir() if p.is_dir())
+def model_folders(cfg: VistaConfig) -> list[str]:
+    """Where the service looks for a model the serving summaries need (local folders or
+    object-store URIs)."""
+    from summarizer.data import files
+
+    serving = cfg.model.model_dir.rstrip("/")
+    out = [serving, f"{serving}.previous"]
+    candidates = cfg.pipeline.candidates_dir
+    out += [
+        files.join(candidates, name)
+        for name, folder in files.list_dir(candidates, cfg.data.storage_options)
+        if folder
+    ]
     return out
 
 
@@ -83,11 +88,11 @@ def model_finder(cfg: VistaConfig) -> Callable[[str], str | None]:
     def find(version: str) -> str | None:
         for folder in model_folders(cfg):
             try:
-                _, v = artifacts.describe(folder)
+                _, v = artifacts.describe(folder, cfg.data.storage_options)
             except (OSError, ValueError):  # missing (mid-rename), incomplete or foreign
                 continue
             if v == version:
-                return str(folder)
+                return folder
         return None
 
     return find

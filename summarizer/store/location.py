@@ -56,8 +56,10 @@ class StoreLocation:
         return Path(parsed.path if parsed.scheme == "file" else self.uri)
 
     def table_uri(self, table: str) -> str:
-        # LanceDB's own layout: <db>/<table>.lance, for local folders and buckets alike.
-        return f"{self.uri.rstrip('/')}/{table}.lance"
+        # LanceDB's own layout: <db>/<table>.lance, for local folders and buckets alike; a
+        # query (s3+ddb://bucket/db?ddbTableName=commits) stays at the end.
+        base, _, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}/{table}.lance" + (f"?{query}" if query else "")
 
     def _options(self) -> dict[str, str] | None:
         return dict(self.storage_options) or None

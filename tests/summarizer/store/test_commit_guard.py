@@ -102,3 +102,11 @@ def test_the_facade_reads_through_a_pinned_reader(tmp_path: Path) -> None:
     assert store.get(1).version == v2
     v3 = store.publish(records([1], marker=3), promote=True).version
     assert store.get(1).version == v3  # read-your-writes through the same facade
+
+
+def test_table_uris_keep_a_commit_store_query_at_the_end() -> None:
+    from summarizer.store.location import StoreLocation
+
+    loc = StoreLocation("s3+ddb://bucket/db?ddbTableName=commits")
+    assert loc.table_uri("summaries") == "s3+ddb://bucket/db/summaries.lance?ddbTableName=commits"
+    assert StoreLocation("s3://bucket/db/").table_uri("state") == "s3://bucket/db/state.lance"
