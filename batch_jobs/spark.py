@@ -112,7 +112,10 @@ def build_session(
         for key, value in JOB_DEFAULTS.items():
             if not given.contains(key):
                 builder = builder.config(key, value)
-        return builder.getOrCreate()
+        session = builder.getOrCreate()
+        if not given.contains("spark.log.level"):  # vista-submit sets WARN from the start
+            session.sparkContext.setLogLevel("WARN")
+        return session
     builder = builder.master(cfg.master)
     for key, value in session_conf(cfg, extra_conf).items():
         builder = builder.config(key, value)
