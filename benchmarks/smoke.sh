@@ -11,6 +11,7 @@ run() { echo "== bench-smoke: $*"; "$@" > "$T/last.log" 2>&1 || { tail -40 "$T/l
 
 run $PY benchmarks/summarize.py --sizes 1000 --repeats 1 --threads 1
 run $PY benchmarks/kernels.py --quick --repeats 1 --cpu --out "$T/kernels"
+run $PY benchmarks/kernels_ptx.py --arch 90 --out "$T/kernels_ptx"
 run $PY benchmarks/memory_bank.py --sizes 2000 --repeats 1 --requests 3 --processes 1 --out "$T/memory_bank.json"
 run $PY benchmarks/store.py --users 500 --K 4 --d 8 --points 20 --batches 2 --batch 16 --db "$T/store" --out "$T/store.json"
 run $PY benchmarks/state_format.py --users 200 --rows 50 --read 20 --rounds 1 --dir "$T/state_format"

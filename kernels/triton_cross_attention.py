@@ -15,6 +15,7 @@ Layouts are those of :mod:`kernels.reference`. The kernel is forward-only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -56,14 +57,14 @@ def _cross_attention_fwd(
     qk_scale,
     bias_scale,
     num_gather,
-    HEAD_DIM: tl.constexpr,
+    head_dim,
+    has_kv_bias,
+    has_mem_bias,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr,
-    HAS_KV_BIAS: tl.constexpr,
     HAS_GATHER: tl.constexpr,
-    HAS_MEM_BIAS: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -80,13 +81,19 @@ def _cross_attention_fwd(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         mask_m = offs_m < m_len
-        mask_d = offs_d < HEAD_DIM
-        rows = (q_start + offs_m).to(tl.int64)
-        q = tl.load(
-            Q + rows[:, None] * stride_qm + head * stride_qh + offs_d[None, :],
-            mask=mask_m[:, None] & mask_d[None, :],
-            other=0.0,
+        mask_d = offs_d < head_dim
+        # Block pointers (base + shape + strides, bounds-checked loads) rather than 2-D
+        # tensors of 64-bit addresses: the address tensors of a K and a V tile alone took
+        # more registers a thread than the accumulator and spilled (BENCHMARKS.md).
+        q_blk = tl.make_block_ptr(
+            Q + q_start.to(tl.int64) * stride_qm + head * stride_qh,
+            shape=(m_len, head_dim),
+            strides=(stride_qm, 1),
+            offsets=(start_m, 0),
+            block_shape=(BLOCK_M, BLOCK_D),
+            order=(1, 0),
         )
+        q = tl.load(q_blk, boundary_check=(0, 1), padding_option="zero")
         if UPCAST_DOT:
             # The interpreter multiplies bf16 bit patterns as integers; fp32 is exact here.
             q = q.to(tl.float32)
@@ -96,26 +103,33 @@ def _cross_attention_fwd(
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
         # Shared tokens: one (BLOCK_M x BLOCK_N) tile of scores per step, on tensor cores.
+        kt_blk = tl.make_block_ptr(
+            K + kv_start.to(tl.int64) * stride_km + head * stride_kh,
+            shape=(head_dim, kv_len),
+            strides=(1, stride_km),
+            offsets=(0, 0),
+            block_shape=(BLOCK_D, BLOCK_N),
+            order=(0, 1),
+        )
+        v_blk = tl.make_block_ptr(
+            V + kv_start.to(tl.int64) * stride_vm + head * stride_vh,
+            shape=(kv_len, head_dim),
+            strides=(stride_vm, 1),
+            offsets=(0, 0),
+            block_shape=(BLOCK_N, BLOCK_D),
+            order=(1, 0),
+        )
         for start_n in range(0, kv_len, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < kv_len
-            keys = (kv_start + offs_n).to(tl.int64)
-            kt = tl.load(
-                K + keys[None, :] * stride_km + head * stride_kh + offs_d[:, None],
-                mask=mask_d[:, None] & mask_n[None, :],
-                other=0.0,
-            )
-            v = tl.load(
-                V + keys[:, None] * stride_vm + head * stride_vh + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :],
-                other=0.0,
-            )
+            kt = tl.load(kt_blk, boundary_check=(0, 1), padding_option="zero")
+            v = tl.load(v_blk, boundary_check=(0, 1), padding_option="zero")
             if UPCAST_DOT:
                 kt = kt.to(tl.float32)
                 v = v.to(tl.float32)
             s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-            if HAS_KV_BIAS:
-                b = tl.load(KV_BIAS + keys, mask=mask_n, other=0.0).to(tl.float32)
+            if has_kv_bias:  # a uniform branch: one compiled variant fewer than a constexpr
+                b = tl.load(KV_BIAS + kv_start + offs_n, mask=mask_n, other=0.0).to(tl.float32)
                 s += b[None, :] * bias_scale
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -126,12 +140,20 @@ def _cross_attention_fwd(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
+            kt_blk = tl.advance(kt_blk, (0, BLOCK_N))
+            v_blk = tl.advance(v_blk, (BLOCK_N, 0))
 
         if HAS_GATHER:
+            rows = (q_start + offs_m).to(tl.int64)
             # Gathered tokens differ per candidate, so there is no shared tile to feed
-            # tl.dot: scores are row-wise dot products on CUDA cores. G is small (top-k).
+            # tl.dot: scores are row-wise dot products on CUDA cores. G is small (top-k);
+            # BLOCK_G x BLOCK_M x BLOCK_D is kept small enough to stay in registers.
             mem_start = tl.load(mem_offsets + req)
             mem_len = tl.load(mem_offsets + req + 1) - mem_start
+            # 64-bit bases of this request's bank, 32-bit offsets inside it (a bank holds
+            # < 2^31 elements): half the registers of 64-bit address tensors.
+            mem_k = MEM_K + mem_start.to(tl.int64) * stride_mkm + head * stride_mkh
+            mem_v = MEM_V + mem_start.to(tl.int64) * stride_mvm + head * stride_mvh
             qf = q.to(tl.float32)
             for start_g in range(0, num_gather, BLOCK_G):
                 offs_g = start_g + tl.arange(0, BLOCK_G)
@@ -142,20 +164,17 @@ def _cross_attention_fwd(
                 )
                 # -1 pads; an index past the bank is treated as absent, never read.
                 valid = (idx >= 0) & (idx < mem_len)
-                slot = (mem_start + tl.where(valid, idx, 0)).to(tl.int64)
+                slot = tl.where(valid, idx, 0).to(tl.int32)
                 mask3 = valid[:, :, None] & mask_d[None, None, :]
                 kg = tl.load(
-                    MEM_K
-                    + slot[:, :, None] * stride_mkm
-                    + head * stride_mkh
-                    + offs_d[None, None, :],
+                    mem_k + slot[:, :, None] * stride_mkm.to(tl.int32) + offs_d[None, None, :],
                     mask=mask3,
                     other=0.0,
                 ).to(tl.float32)
                 s = tl.sum(qf[:, None, :] * kg, 2) * qk_scale
-                if HAS_MEM_BIAS:
-                    b = tl.load(MEM_BIAS + slot, mask=valid, other=0.0).to(tl.float32)
-                    s += b * bias_scale
+                if has_mem_bias:
+                    b = tl.load(MEM_BIAS + mem_start + slot, mask=valid, other=0.0)
+                    s += b.to(tl.float32) * bias_scale
                 s = tl.where(valid, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -163,10 +182,7 @@ def _cross_attention_fwd(
                 p = tl.exp2(s - m_safe[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
                 vg = tl.load(
-                    MEM_V
-                    + slot[:, :, None] * stride_mvm
-                    + head * stride_mvh
-                    + offs_d[None, None, :],
+                    mem_v + slot[:, :, None] * stride_mvm.to(tl.int32) + offs_d[None, None, :],
                     mask=mask3,
                     other=0.0,
                 ).to(tl.float32)
@@ -176,11 +192,15 @@ def _cross_attention_fwd(
         # A candidate with no token at all (l_i == 0) gets zeros, like the reference.
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         o = acc / l_safe[:, None]
-        tl.store(
-            OUT + rows[:, None] * stride_om + head * stride_oh + offs_d[None, :],
-            o.to(OUT.dtype.element_ty),
-            mask=mask_m[:, None] & mask_d[None, :],
+        out_blk = tl.make_block_ptr(
+            OUT + q_start.to(tl.int64) * stride_om + head * stride_oh,
+            shape=(m_len, head_dim),
+            strides=(stride_om, 1),
+            offsets=(start_m, 0),
+            block_shape=(BLOCK_M, BLOCK_D),
+            order=(1, 0),
         )
+        tl.store(out_blk, o.to(OUT.dtype.element_ty), boundary_check=(0, 1))
 
 
 INTERPRETED: bool = not isinstance(_cross_attention_fwd, JITFunction)
@@ -193,17 +213,93 @@ def _pow2(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(x), 1))))
 
 
-def default_blocks(head_dim: int, max_m: int, max_k: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for a launch: >= 16 in every dot dimension (tensor cores).
+# (BLOCK_M, BLOCK_N, num_warps, num_warps of the SMALL_M-row tile) by (bytes of the input
+# dtype, BLOCK_D, with gathered memory): the largest tiles found to compile with no
+# register spills on sm_80 and sm_90 (ptxas's allocation is not monotone in tile size or
+# warps; benchmarks/kernels_ptx.py, and tests/kernels/test_compile.py holds them to it).
+_TILES: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {
+    (2, 16, False): (128, 64, 4, 4),
+    (2, 32, False): (128, 64, 8, 8),
+    (2, 64, False): (128, 64, 8, 8),
+    (2, 128, False): (64, 32, 8, 8),
+    (2, 16, True): (64, 64, 4, 4),
+    (2, 32, True): (64, 64, 4, 4),
+    (2, 64, True): (32, 64, 8, 8),
+    (2, 128, True): (16, 64, 8, 8),
+    (4, 16, False): (64, 32, 4, 4),
+    (4, 32, False): (32, 32, 4, 4),
+    (4, 64, False): (64, 32, 8, 4),
+    (4, 128, False): (32, 32, 4, 4),
+    (4, 16, True): (32, 32, 8, 8),
+    (4, 32, True): (32, 32, 4, 4),
+    (4, 64, True): (16, 32, 8, 8),
+    (4, 128, True): (16, 32, 8, 8),
+}
+SMALL_M = 16  # requests of at most this many candidates get 16-row tiles
 
-    On a GPU, 64 x 64 tiles keep q, one K/V tile and the accumulator in registers
-    for head dims up to 128. The interpreter pays per program and per loop step, not
-    per element, so it gets the largest tiles the shapes can use.
-    """
-    if INTERPRETED:
-        return _pow2(max_m, 16, 256), _pow2(max_k, 16, 256)
-    block_m = 128 if head_dim <= 64 and max_m >= 128 else 64
-    return min(block_m, _pow2(max_m, 16, 128)), min(64, _pow2(max_k, 16, 64))
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """The compile-time part of one launch: constexprs, warps and stages (what makes a
+    distinct GPU binary), as :func:`launch_config` picks it."""
+
+    dtype: torch.dtype
+    BLOCK_D: int
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_G: int
+    HAS_GATHER: bool
+    DOT_PRECISION: str
+    num_warps: int
+    num_stages: int = 2
+
+    def constexprs(self) -> dict[str, object]:
+        return {
+            "BLOCK_D": self.BLOCK_D,
+            "BLOCK_M": self.BLOCK_M,
+            "BLOCK_N": self.BLOCK_N,
+            "BLOCK_G": self.BLOCK_G,
+            "HAS_GATHER": self.HAS_GATHER,
+            "UPCAST_DOT": False,
+            "DOT_PRECISION": self.DOT_PRECISION,
+        }
+
+
+def launch_config(
+    dtype: torch.dtype, head_dim: int, max_m: int, has_gather: bool, allow_tf32: bool
+) -> LaunchConfig:
+    """The tiles and warps of a GPU launch (every argument that changes them, and nothing
+    else: request sizes only through ``max_m <= SMALL_M``)."""
+    block_d = _pow2(head_dim, 16, MAX_HEAD_DIM)
+    block_m, block_n, warps, small_warps = _TILES[
+        (torch.finfo(dtype).bits // 8, block_d, has_gather)
+    ]
+    if max_m <= SMALL_M:
+        block_m, warps = SMALL_M, small_warps
+    precision = "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
+    return LaunchConfig(dtype, block_d, block_m, block_n, 1, has_gather, precision, warps)
+
+
+def launch_configs() -> list[LaunchConfig]:
+    """Every configuration :func:`triton_cross_attention` can launch on a GPU (dtypes x
+    head-dim classes x small/large requests x gathered memory or not x TF32 for fp32)."""
+    out = {
+        launch_config(dtype, d, m, gather, tf32)
+        for dtype in SUPPORTED_DTYPES
+        for d in (16, 32, 64, 128)
+        for m in (1, 4096)
+        for gather in (False, True)
+        for tf32 in (False, True)
+    }
+    return sorted(
+        out, key=lambda c: (str(c.dtype), c.BLOCK_D, c.HAS_GATHER, c.BLOCK_M, c.DOT_PRECISION)
+    )
+
+
+def interpreter_blocks(head_dim: int, max_m: int, max_k: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) under the interpreter, which pays per program and per loop step,
+    not per element: the largest tiles the shapes can use."""
+    return _pow2(max_m, 16, 256), _pow2(max_k, 16, 256)
 
 
 def _lengths_max(offsets: torch.Tensor) -> int:
@@ -261,11 +357,18 @@ def triton_cross_attention(
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     max_m = _lengths_max(q_offsets) if max_m is None else max_m
     max_k = _lengths_max(kv_offsets) if max_k is None else max_k
-    bm, bn = default_blocks(D, max_m, max_k)
-    block_d = _pow2(D, 16, MAX_HEAD_DIM)
-    block_m, block_n = block_m or bm, block_n or bn
-
     has_gather = gather_idx is not None and gather_idx.shape[1] > 0
+    # fp32 inputs get fp32 products unless the user opted into TF32, as torch.matmul does.
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    cfg = launch_config(q.dtype, D, max_m, has_gather, allow_tf32)
+    block_d = cfg.BLOCK_D
+    if INTERPRETED:
+        bm, bn = interpreter_blocks(D, max_m, max_k)
+        block_m, block_n = block_m or bm, block_n or bn
+    else:
+        block_m, block_n = block_m or cfg.BLOCK_M, block_n or cfg.BLOCK_N
+    num_warps = num_warps or cfg.num_warps
+
     if gather_idx is not None and has_gather:
         assert mem_k is not None and mem_v is not None and mem_offsets is not None
         gather_idx = gather_idx.to(torch.int64).contiguous()
@@ -273,18 +376,14 @@ def triton_cross_attention(
         mem_k, mem_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (mem_k, mem_v))
         mem_bias = None if mem_bias is None else mem_bias.contiguous()
         num_gather = gather_idx.shape[1]
-        # (BLOCK_M, BLOCK_G, BLOCK_D) fp32 lives in registers: keep it bounded.
-        cap = 64 if INTERPRETED else max(1, 16384 // (block_m * block_d))
-        block_g = block_g or _pow2(num_gather, 1, cap)
+        # The interpreter pays per loop step: several gathered tokens a step there; on a
+        # GPU one a step keeps (BLOCK_M, BLOCK_D) gathered values in registers.
+        block_g = block_g or (_pow2(num_gather, 1, 64) if INTERPRETED else cfg.BLOCK_G)
     else:
-        # Unused pointer arguments still need a tensor; the constexpr flags skip them.
+        # Unused pointer arguments still need a tensor; the constexpr flag skips them.
         gather_idx, mem_k, mem_v, mem_offsets = q_offsets, k, v, kv_offsets
         num_gather, block_g = 0, 1
     has_mem_bias = has_gather and mem_bias is not None
-    # fp32 inputs get fp32 products unless the user opted into TF32, as torch.matmul does.
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    # Wide tiles need more threads to keep the accumulator in registers.
-    num_warps = num_warps or (8 if block_m * D >= 128 * 64 else 4)
     grid = (triton.cdiv(max_m, block_m), H, B)
     _cross_attention_fwd[grid](
         q,
@@ -315,16 +414,16 @@ def triton_cross_attention(
         scale * _LOG2E,
         _LOG2E,
         num_gather,
-        HEAD_DIM=D,
+        D,
+        int(kv_bias is not None),
+        int(has_mem_bias),
         BLOCK_D=block_d,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_G=block_g,
-        HAS_KV_BIAS=kv_bias is not None,
         HAS_GATHER=has_gather,
-        HAS_MEM_BIAS=has_mem_bias,
         UPCAST_DOT=INTERPRETED and q.dtype == torch.bfloat16,
-        DOT_PRECISION="tf32" if allow_tf32 else "ieee",
+        DOT_PRECISION=cfg.DOT_PRECISION,
         num_warps=num_warps,
         num_stages=num_stages,
     )

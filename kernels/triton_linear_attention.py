@@ -16,6 +16,8 @@ Matches :func:`kernels.reference.linear_attention_state` and
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -84,29 +86,29 @@ def _linear_attention_state_fwd(
     stride_vh,
     stride_os,
     stride_pp,
-    FEAT: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    feat,
+    head_dim,
+    has_state,
     BLOCK_F: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    HAS_STATE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    num_d_tiles = tl.cdiv(HEAD_DIM, BLOCK_D)
+    num_d_tiles = tl.cdiv(head_dim, BLOCK_D)
     pid_f = tl.program_id(0) // num_d_tiles
     pid_d = tl.program_id(0) % num_d_tiles
     head = tl.program_id(1)
     split = tl.program_id(2)
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_f = offs_f < FEAT
-    mask_d = offs_d < HEAD_DIM
+    mask_f = offs_f < feat
+    mask_d = offs_d < head_dim
     mask_fd = mask_f[:, None] & mask_d[None, :]
     # States are contiguous (H, F, D) fp32: one tile offset serves input, output, prefixes.
-    tile = head * FEAT * HEAD_DIM + offs_f[:, None] * HEAD_DIM + offs_d[None, :]
+    tile = head * feat * head_dim + offs_f[:, None] * head_dim + offs_d[None, :]
     acc = tl.zeros([BLOCK_F, BLOCK_D], tl.float32)
-    if HAS_STATE:
+    if has_state:  # a uniform branch: one compiled variant fewer than a constexpr
         # The initial state is counted once, by the first time split.
         acc += tl.load(STATE_IN + tile, mask=mask_fd & (split == 0), other=0.0)
 
@@ -166,6 +168,54 @@ def _pow2(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(x), 1))))
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """The compile-time part of one GPU launch (what makes a distinct binary)."""
+
+    dtype: torch.dtype
+    BLOCK_F: int
+    BLOCK_D: int
+    BLOCK_T: int
+    DOT_PRECISION: str
+    num_warps: int
+    num_stages: int = 2
+
+    def constexprs(self) -> dict[str, object]:
+        return {
+            "BLOCK_F": self.BLOCK_F,
+            "BLOCK_D": self.BLOCK_D,
+            "BLOCK_T": self.BLOCK_T,
+            "UPCAST_DOT": False,
+            "DOT_PRECISION": self.DOT_PRECISION,
+        }
+
+
+def launch_config(dtype: torch.dtype, feat: int, head_dim: int, allow_tf32: bool) -> LaunchConfig:
+    """Tiles and warps of a GPU launch: state tiles of up to 64 x 64, time steps and warps
+    found so that no configuration spills registers on sm_80 or sm_90 (fp32 inputs: shorter
+    steps; ptxas's allocation is not monotone in them: tests/kernels/test_compile.py)."""
+    block_f, block_d = _pow2(feat, 16, 64), _pow2(head_dim, 16, 64)
+    area = block_f * block_d
+    if dtype == torch.float32:
+        block_t, warps = {4096: (32, 8), 2048: (16, 8), 1024: (32, 4)}.get(area, (16, 8))
+    else:
+        block_t, warps = 64, (8 if area >= 2048 else 4)
+    precision = "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
+    return LaunchConfig(dtype, block_f, block_d, block_t, precision, warps)
+
+
+def launch_configs() -> list[LaunchConfig]:
+    """Every configuration :func:`triton_linear_attention` can launch on a GPU."""
+    out = {
+        launch_config(dtype, f, d, tf32)
+        for dtype in SUPPORTED_DTYPES
+        for f in (16, 32, 64)
+        for d in (16, 32, 64)
+        for tf32 in (False, True)
+    }
+    return sorted(out, key=lambda c: (str(c.dtype), c.BLOCK_F, c.BLOCK_D, c.DOT_PRECISION))
+
+
 def _num_splits(n: int, tiles: int, device: torch.device, block_t: int) -> int:
     """Time splits for the final state: enough programs for ~2 waves, >= 4 steps each."""
     if INTERPRETED or device.type != "cuda":
@@ -186,7 +236,7 @@ def triton_linear_attention(
     prefix_out: torch.Tensor | None = None,
     num_splits: int | None = None,
     block_t: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Final state ``(H, F, D)`` fp32 and, if ``positions`` is given, prefix states.
@@ -208,11 +258,13 @@ def triton_linear_attention(
     for name, t in (("out", out), ("prefix_out", prefix_out)):
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
             raise ValueError(f"{name} must be a contiguous float32 tensor")
+    cfg = launch_config(phi_k.dtype, Fd, D, torch.backends.cuda.matmul.allow_tf32)
     if INTERPRETED:
         # The interpreter pays per loop step: big tiles, long time steps.
         block_f, block_d, bt = _pow2(Fd, 16, 128), _pow2(D, 16, 128), _pow2(n, 16, 512)
     else:
-        block_f, block_d, bt = _pow2(Fd, 16, 64), _pow2(D, 16, 64), 64
+        block_f, block_d, bt = cfg.BLOCK_F, cfg.BLOCK_D, cfg.BLOCK_T
+        num_warps = num_warps or cfg.num_warps
     block_t = block_t or bt
     tiles = triton.cdiv(Fd, block_f) * triton.cdiv(D, block_d)
     splits = 1 if P else (num_splits or _num_splits(n, tiles * H, device, block_t))
@@ -244,15 +296,15 @@ def triton_linear_attention(
         v.stride(1),
         H * Fd * D,
         H * Fd * D,
-        FEAT=Fd,
-        HEAD_DIM=D,
+        Fd,
+        D,
+        int(state_in is not None),
         BLOCK_F=block_f,
         BLOCK_D=block_d,
         BLOCK_T=block_t,
-        HAS_STATE=state_in is not None,
         UPCAST_DOT=INTERPRETED and phi_k.dtype == torch.bfloat16,
-        DOT_PRECISION="tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
-        num_warps=num_warps,
+        DOT_PRECISION=cfg.DOT_PRECISION,
+        num_warps=num_warps or 4,
         num_stages=num_stages,
     )
     if splits > 1:
