@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import linear_attention
 from summarizer.model.encoder import EventBatch, EventEncoder, previous_times
 from summarizer.model.ridge import RidgeMemory
 
@@ -235,6 +236,15 @@ class VistaSummarizer(nn.Module):
         ones = kv.new_ones(n, self.layers, self.heads, 1)
         return phi, torch.cat([v, ones], dim=-1)
 
+    def state_sum(self, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """sum_t phi_k[t] (x) v[t] per layer and head, (L, H, F, D+1) fp32, through
+        :func:`kernels.linear_attention` (layers x heads as its heads): the Triton streaming
+        kernel for CUDA tensors without gradients, the torch path otherwise."""
+        n, L, H, Fd = phi_k.shape
+        Dv = v.shape[-1]
+        result = linear_attention(phi_k.reshape(n, L * H, Fd), v.reshape(n, L * H, Dv))
+        return result.state.view(L, H, Fd, Dv)
+
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
         """Absorb new events into a copy of the state.
@@ -248,7 +258,7 @@ class VistaSummarizer(nn.Module):
             chunk = events.slice(start, start + self.chunk_size)
             e = self.encoder(chunk, previous_times(chunk.ts, out.last_ts))
             phi_k, v = self.keys_values(e)
-            self.attention_part(out.kv).add_(torch.einsum("nlhf,nlhd->lhfd", phi_k, v))
+            self.attention_part(out.kv).add_(self.state_sum(phi_k, v))
             if self.ridge is not None:
                 self.moments_part(out.kv).add_(self.ridge.moments(chunk))
             out.n_events += len(chunk)
@@ -330,9 +340,9 @@ class VistaSummarizer(nn.Module):
         )
         # float32 sums added into float64 states: the in-place add converts exactly,
         # without a float64 copy of the sums.
-        for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one einsum each
+        for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one kernel call each
             i, a, b = parts[j]
-            self.attention_part(out[i].kv).add_(torch.einsum("nlhf,nlhd->lhfd", phi_k[a:b], v[a:b]))
+            self.attention_part(out[i].kv).add_(self.state_sum(phi_k[a:b], v[a:b]))
         short = np.flatnonzero(bucket > 0)
         if not len(short):
             return

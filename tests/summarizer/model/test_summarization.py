@@ -241,3 +241,26 @@ def test_paper_size_runs() -> None:
     assert m.summarizer is not None
     state, tokens = m.summarizer.summarize(random_events(3000))
     assert tokens.shape == (128, 256) and state.kv.shape == m.summarizer.state_shape
+
+
+def test_the_fold_sums_states_through_the_linear_attention_kernels(model: VistaModel) -> None:
+    """fold() and fold_segments() add phi(k) (x) v through kernels.linear_attention (the
+    Triton kernel on CUDA, the torch path here): equal to the direct sum, and the
+    dispatcher says which backend ran and why the other did not."""
+    from kernels import explain_linear_attention
+
+    summ = model.require_summarizer()
+    events = random_events(300, seed=11)
+    e = summ.encoder(events, previous_times(events.ts, None))
+    phi_k, v = summ.keys_values(e)
+    with torch.no_grad():
+        got = summ.state_sum(phi_k, v)
+    expected = torch.einsum("nlhf,nlhd->lhfd", phi_k.double(), v.double())
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    n, L, H, Fd = phi_k.shape
+    why = explain_linear_attention(phi_k.reshape(n, L * H, Fd), v.reshape(n, L * H, -1))
+    assert why["torch"] == [] and why["triton"]  # no CUDA here: the reason is given
+    state = summ.fold(summ.empty_state(), events)
+    torch.testing.assert_close(
+        summ.attention_part(state.kv).double(), expected, rtol=1e-5, atol=1e-4
+    )
