@@ -42,32 +42,17 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def lookups(s3_options: dict[str, str], s3_root: str, work: Path, users: int, n: int) -> dict:
+    import importlib.util
+
     import numpy as np
-    import pyarrow as pa
 
-    from summarizer.store import SummaryStore, summaries_schema
+    from summarizer.store import SummaryStore
 
-    K, d, version = 16, 64, "0123456789abcdef"
-    now = dt.datetime.now(dt.UTC)
+    spec = importlib.util.spec_from_file_location("bench_scorer", HERE / "scorer.py")
+    assert spec is not None and spec.loader is not None
+    scorer_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scorer_bench)
     rng = np.random.default_rng(0)
-
-    def batches():  # noqa: ANN202
-        for lo in range(0, users, 2000):
-            ids = np.arange(lo, min(lo + 2000, users))
-            tok = rng.standard_normal((len(ids), K * d)).astype(np.float16)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array(ids, pa.int64()),
-                    pa.array([version] * len(ids)),
-                    pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), K * d),
-                    pa.array(rng.integers(10, 10**6, len(ids)), pa.int64()),
-                    pa.array(np.full(len(ids), 1_700_000_000), pa.int64()),
-                    pa.array(np.full(len(ids), int(now.timestamp()) - 3600), pa.int64()),
-                    pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
-                ],
-                schema=summaries_schema(K, d, version),
-            )
-
     stores = {
         "s3": (f"{s3_root}/lookups", s3_options),
         "local": (str(work / "lookups"), {}),
@@ -75,7 +60,7 @@ def lookups(s3_options: dict[str, str], s3_root: str, work: Path, users: int, n:
     readers = {}
     for where, (uri, opts) in stores.items():
         store = SummaryStore(uri, storage_options=opts)
-        store.publish(batches(), schema=summaries_schema(K, d, version), promote=True)
+        scorer_bench.publish_random(store, users, 16, 64, "0123456789abcdef")
         readers[f"{where}_pinned_reader"] = store.open_reader().get
         readers[f"{where}_facade"] = SummaryStore(uri, storage_options=opts).get
         readers[f"{where}_facade_tag_every_call"] = store.open_reader(

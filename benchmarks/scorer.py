@@ -36,27 +36,15 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def build(work: Path, users: int) -> tuple[str, str]:
+def publish_random(store, users: int, K: int, d: int, version: str, seed: int = 0) -> None:  # noqa: ANN001
+    """Publish and promote ``users`` rows of random K x d tokens (made an hour ago) in
+    batches of 2,000: a store to read from, for benchmarks that only time reads."""
     import numpy as np
-    import torch
-
-    from summarizer.config import ModelSpec
-    from summarizer.model import artifacts
-    from summarizer.model.vista_model import VistaModel
-    from summarizer.store import SummaryStore, summaries_schema
-
-    model_dir, store_uri = work / "model", work / "store"
-    if (work / "ok").exists():
-        return str(model_dir), str(store_uri)
-    shutil.rmtree(work, ignore_errors=True)
-    torch.manual_seed(0)
-    spec = ModelSpec(num_seeds=128, d_model=64)
-    version = artifacts.save(VistaModel(spec), model_dir)
-    store = SummaryStore(str(store_uri))
     import pyarrow as pa
 
-    rng = np.random.default_rng(0)
-    K, d = spec.num_seeds, spec.d_model
+    from summarizer.store import summaries_schema
+
+    rng = np.random.default_rng(seed)
     now = dt.datetime.now(dt.UTC)
 
     def batches():  # noqa: ANN202
@@ -77,6 +65,25 @@ def build(work: Path, users: int) -> tuple[str, str]:
             )
 
     store.publish(batches(), schema=summaries_schema(K, d, version), promote=True)
+
+
+def build(work: Path, users: int) -> tuple[str, str]:
+    import torch
+
+    from summarizer.config import ModelSpec
+    from summarizer.model import artifacts
+    from summarizer.model.vista_model import VistaModel
+    from summarizer.store import SummaryStore
+
+    model_dir, store_uri = work / "model", work / "store"
+    if (work / "ok").exists():
+        return str(model_dir), str(store_uri)
+    shutil.rmtree(work, ignore_errors=True)
+    torch.manual_seed(0)
+    spec = ModelSpec(num_seeds=128, d_model=64)
+    version = artifacts.save(VistaModel(spec), model_dir)
+    store = SummaryStore(str(store_uri))
+    publish_random(store, users, spec.num_seeds, spec.d_model, version)
     (work / "ok").write_text("ok")
     return str(model_dir), str(store_uri)
 
