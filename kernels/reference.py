@@ -14,6 +14,7 @@ Layouts (jagged, like torchrec / generative-recommenders):
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -386,13 +387,19 @@ def linear_attention_prefix_states(
     if any(b < a for a, b in zip(pos, pos[1:], strict=False)):
         raise ValueError("positions must be sorted")
     # Segment j holds events [positions[j-1], positions[j]): one matmul per segment,
-    # then a cumulative sum over segments gives every prefix.
-    sums = base.new_zeros(P, H, Fd, D)
-    start = 0
-    for j, end in enumerate(pos):
-        end = min(max(end, 0), n)
-        if end > start:
-            pk, vv = phi_k[start:end].to(base.dtype), v[start:end].to(base.dtype)
-            sums[j] = torch.einsum("nhf,nhd->hfd", pk, vv)
-            start = end
+    # then a cumulative sum over segments gives every prefix. One split, not a slice per
+    # segment: under autograd each slice's backward allocates a gradient of the whole input.
+    cuts = [0]
+    for p in pos:
+        cuts.append(max(cuts[-1], min(max(p, 0), n)))
+    lengths = [b - a for a, b in itertools.pairwise(cuts)] + [n - cuts[-1]]
+    parts = zip(phi_k.split(lengths)[:P], v.split(lengths)[:P], strict=True)
+    sums = torch.stack(
+        [
+            torch.einsum("nhf,nhd->hfd", pk.to(base.dtype), vv.to(base.dtype))
+            if len(pk)
+            else base.new_zeros(H, Fd, D)
+            for pk, vv in parts
+        ]
+    )
     return base.unsqueeze(0) + torch.cumsum(sums, dim=0)

@@ -10,9 +10,11 @@ makes; the baselines' history modules are in :mod:`summarizer.training.baselines
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 
+from kernels import linear_attention
 from summarizer.model.encoder import previous_times_jagged
 from summarizer.model.ranker import context_features
 from summarizer.model.vista_model import VistaModel
@@ -96,31 +98,34 @@ def _vista_readouts(
     uniq, inverse = torch.unique(batch.req_user * width + sp, return_inverse=True)
     u_of, p_of = uniq // width, uniq % width
     phi_k, v = summ.keys_values(e)
-    # Cut the batch's events at every user boundary and summary position, split once into
-    # chunks (slicing each chunk separately made autograd allocate a full-size gradient per
-    # slice: seconds per batch), sum phi(k) (x) v per chunk, and take differences of one
-    # cumulative sum: the state before summary i is the sum of its user's chunks up to it.
-    offsets = batch.offsets
-    starts = offsets[:-1][u_of] + p_of  # (S,) global positions, sorted
-    cuts = torch.unique(torch.cat([offsets, starts]))
-    lengths = (cuts[1:] - cuts[:-1]).tolist()
-    chunk_user = torch.searchsorted(offsets, cuts[:-1], right=True) - 1
-    last_start = torch.full((offsets.numel() - 1,), -1, dtype=torch.long).scatter_reduce(
-        0, u_of, starts, reduce="amax"
-    )
-    needed = (cuts[1:] <= last_start[chunk_user]).tolist()
-    shape = summ.attention_shape
-    sums = [
-        torch.einsum("nlhf,nlhd->lhfd", ck, cv) if need else phi_k.new_zeros(shape)
-        for ck, cv, need in zip(phi_k.split(lengths), v.split(lengths), needed, strict=True)
-    ]
-    # fp64 like the serving state: a difference of running sums over several users must not
-    # cancel.
-    csum = torch.cumsum(torch.stack(sums, 0).double(), 0)
-    csum = torch.cat([csum.new_zeros(1, *shape), csum], 0)  # csum[j] = sum of chunks < j
-    end = torch.searchsorted(cuts, starts)  # chunks before cut index end lie before the summary
-    begin = torch.searchsorted(cuts, offsets[:-1][u_of])
-    kv = csum[end] - csum[begin]  # (S, L, H, F, D+1), ordered like uniq
+    n, L, H, Fd = phi_k.shape
+    Dv = v.shape[-1]
+    # Each user's states before its summary positions: the causal (prefix-state) form of
+    # kernels.linear_attention over that user's events, layers x heads as its heads (the
+    # torch path while gradients flow -- the Triton kernel is forward-only -- and on the
+    # CPU; the kernel for CUDA tensors without gradients, e.g. evaluation). Per user, so no
+    # running sum spans two users and nothing cancels in fp32.
+    offsets = batch.offsets.tolist()
+    users = u_of.tolist()
+    positions = p_of.tolist()
+    # One split into users (a slice per user would make autograd allocate a full-size
+    # gradient for each: seconds a batch).
+    lengths = [b - a for a, b in itertools.pairwise(offsets)]
+    phi_u = phi_k.reshape(n, L * H, Fd).split(lengths)
+    v_u = v.reshape(n, L * H, Dv).split(lengths)
+    kv_parts = []
+    first = 0
+    while first < len(users):
+        u = users[first]
+        last = first
+        while last + 1 < len(users) and users[last + 1] == u:
+            last += 1
+        pos = torch.tensor(positions[first : last + 1])
+        result = linear_attention(phi_u[u], v_u[u], None, pos)
+        assert result.prefix_states is not None
+        kv_parts.append(result.prefix_states.view(-1, L, H, Fd, Dv))
+        first = last + 1
+    kv = torch.cat(kv_parts) if kv_parts else phi_k.new_zeros(0, L, H, Fd, Dv)
     return summ.readout_attention(kv, p_of), torch.stack([u_of, p_of], 1), inverse
 
 
