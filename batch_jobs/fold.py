@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batch_jobs.worker import OUTPUT_SCHEMA, WorkerParams, worker_model
+from batch_jobs.worker import OUTPUT_SCHEMA, WorkerParams, task_device, worker_model
 from summarizer.store import (
     STATE,
     SUMMARIES,
@@ -55,11 +55,18 @@ class PartitionStats:
     new_users: int = 0
     max_events_held: int = 0  # the most events of one user in memory at once
     fragments: int = 0
+    tasks: int = 0
+    tasks_on_gpu: int = 0
+    # Tasks Spark gave a GPU that torch could not use (they folded on the CPU), and why.
+    gpu_unusable: int = 0
+    gpu_unusable_reason: str = ""
 
     def add(self, other: PartitionStats) -> None:
         for f in dataclasses.fields(self):
             if f.name == "max_events_held":
                 self.max_events_held = max(self.max_events_held, other.max_events_held)
+            elif f.name == "gpu_unusable_reason":
+                self.gpu_unusable_reason = self.gpu_unusable_reason or other.gpu_unusable_reason
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -82,14 +89,22 @@ class PartitionFolder:
 
         torch.set_num_threads(params.torch_threads)  # one thread per Python worker
         self.p = params
-        self.model = worker_model(params.model_dir, params.model_version, params.data_options)
+        self.stats = PartitionStats(tasks=1)
+        placed = task_device(params.device)
+        self.device = torch.device(placed.device)
+        self.stats.tasks_on_gpu = int(self.device.type == "cuda")
+        if placed.unusable:
+            self.stats.gpu_unusable = 1
+            self.stats.gpu_unusable_reason = f"GPU {placed.gpu_address}: {placed.unusable}"
+        self.model = worker_model(
+            params.model_dir, params.model_version, params.data_options, placed.device
+        )
         self.summ = self.model.require_summarizer()
         self.store = SummaryStore(params.store_uri, storage_options=params.storage_options)
         # Written in the state table's precision (float32; float64 for older tables).
         self.kv_dtype = "float32"
         if self.store.exists(STATE):
             self.kv_dtype = kv_dtype_of(self.store.schema(STATE))
-        self.stats = PartitionStats()
         self.done: list[_User] = []
         self.current: _User | None = None
         self.base: dict[int, tuple[StateColumns, int]] = {}
@@ -245,7 +260,8 @@ class PartitionFolder:
         n = len(users)
         n_events = [u.state.n_events for u in users]
         with torch.no_grad():
-            tokens = self.summ.readout_batch(kv, torch.tensor(n_events)).to(torch.float16)
+            tokens = self.summ.readout_batch(kv, torch.tensor(n_events))
+            tokens = tokens.to(device="cpu", dtype=torch.float16)
         ids = [u.user_id for u in users]
         first = [u.state.first_ts for u in users]
         last = [u.state.last_ts for u in users]

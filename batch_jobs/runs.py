@@ -57,6 +57,7 @@ def worker_params(
         users_per_flush=users_per_flush,
         cluster=cluster,
         fail_after_users=fail_after_users,
+        device=cfg.spark.device,
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 import uuid
@@ -47,6 +48,8 @@ from summarizer.store.schema import model_version_of
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 
 def _incremental_plan(
@@ -181,8 +184,23 @@ def run_summarize(
         new_users=stats.new_users,
         max_events_held=stats.max_events_held,
         fragments=stats.fragments,
+        # Where the tasks folded (spark.device; a GPU when Spark assigned the task one).
+        devices={
+            "tasks": stats.tasks,
+            "on_gpu": stats.tasks_on_gpu,
+            "gpu_unusable": stats.gpu_unusable,
+            "gpu_unusable_reason": stats.gpu_unusable_reason,
+        },
         seconds=round(time.perf_counter() - t0, 3),
     )
+    if stats.gpu_unusable:
+        log.warning(
+            "%d of %d summarize tasks were given a GPU they could not use and folded on the "
+            "CPU (%s)",
+            stats.gpu_unusable,
+            stats.tasks,
+            stats.gpu_unusable_reason,
+        )
     report["events_per_s"] = round(stats.events / report["seconds"]) if report["seconds"] else None
     # The ledger compares a day's row count on reruns: record what the partition holds.
     report["rows_in_days"] = sum(day_rows(cfg.data.valid_dir, d, opts) for d in days)

@@ -6,6 +6,7 @@ and stopped by its PID (process group) on exit."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -105,16 +106,32 @@ def spark_home() -> str:
 
 
 @contextlib.contextmanager
-def standalone_spark(work: Path, cores: int = 2, timeout_s: float = 120) -> Iterator[str]:
+def standalone_spark(
+    work: Path, cores: int = 2, gpus: tuple[str, ...] = (), timeout_s: float = 120
+) -> Iterator[str]:
     """A Spark standalone master and one worker on 127.0.0.1 (free ports, REST server off);
-    yields the master URL."""
+    yields the master URL. ``gpus``: the GPU addresses the worker offers, reported by a
+    discovery script as Spark's resource scheduling expects (on a GPU machine that script
+    asks nvidia-smi; here it names the given addresses, so tasks that ask for a GPU are
+    scheduled and see one whether or not CUDA is there)."""
     work.mkdir(parents=True, exist_ok=True)
     home = spark_home()
+    worker_opts = ""
+    if gpus:
+        script = work / "gpus.sh"
+        found = json.dumps({"name": "gpu", "addresses": list(gpus)})
+        script.write_text(f"#!/bin/sh\necho '{found}'\n")
+        script.chmod(0o755)
+        worker_opts = (
+            f"-Dspark.worker.resource.gpu.amount={len(gpus)} "
+            f"-Dspark.worker.resource.gpu.discoveryScript={script}"
+        )
     env = {
         **os.environ,
         "SPARK_HOME": home,
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+        "SPARK_WORKER_OPTS": worker_opts,
         "PYSPARK_PYTHON": sys.executable,
     }
     port = free_port()

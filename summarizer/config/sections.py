@@ -205,6 +205,13 @@ class SparkConfig(Section):
         description="the Python interpreter of the executors (spark.pyspark.python); empty: "
         "the driver's own (every node then needs the same venv at the same path)",
     )
+    device: Literal["task", "cuda", "cpu"] = Field(
+        "task",
+        description="where summarize folds: task = on the GPU Spark assigns a task "
+        "(spark.executor.resource.gpu.amount, spark.task.resource.gpu.amount), else the "
+        "CPU; cuda = a CUDA device always (the task's, else cuda:0; local mode on a GPU "
+        "machine); cpu = the CPU always",
+    )
 
 
 class PipelineConfig(Section):

@@ -43,6 +43,15 @@ class EventBatch:
             self.weight[start:stop],
         )
 
+    def to(self, device: torch.device | str) -> EventBatch:
+        """The same events on ``device`` (itself when they are there already)."""
+        return EventBatch(
+            self.item_id.to(device),
+            self.ts.to(device),
+            self.action.to(device),
+            self.weight.to(device),
+        )
+
     @staticmethod
     def empty() -> EventBatch:
         z = torch.zeros(0, dtype=torch.int64)

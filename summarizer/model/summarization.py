@@ -245,6 +245,13 @@ class VistaSummarizer(nn.Module):
         result = linear_attention(phi_k.reshape(n, L * H, Fd), v.reshape(n, L * H, Dv))
         return result.state.view(L, H, Fd, Dv)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are: the fold encodes events and sums their states
+        there (the Triton kernel on a GPU) and adds the sums into the states where those
+        are (float64 states stay on the CPU, as the batch job keeps them)."""
+        return self.kv.weight.device
+
     @torch.no_grad()
     def fold(self, state: SummaryState, events: EventBatch) -> SummaryState:
         """Absorb new events into a copy of the state.
@@ -254,13 +261,15 @@ class VistaSummarizer(nn.Module):
         """
         out = state.clone()
         n = len(events)
+        dev = self.device
         for start in range(0, n, self.chunk_size):
             chunk = events.slice(start, start + self.chunk_size)
-            e = self.encoder(chunk, previous_times(chunk.ts, out.last_ts))
+            on_dev = chunk.to(dev)
+            e = self.encoder(on_dev, previous_times(on_dev.ts, out.last_ts))
             phi_k, v = self.keys_values(e)
-            self.attention_part(out.kv).add_(self.state_sum(phi_k, v))
+            self.attention_part(out.kv).add_(self.state_sum(phi_k, v).to(out.kv.device))
             if self.ridge is not None:
-                self.moments_part(out.kv).add_(self.ridge.moments(chunk))
+                self.moments_part(out.kv).add_(self.ridge.moments(on_dev).to(out.kv.device))
             out.n_events += len(chunk)
             lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
             out.first_ts = lo if out.first_ts is None else min(out.first_ts, lo)
@@ -292,6 +301,7 @@ class VistaSummarizer(nn.Module):
                 f"{len(states)} states need {len(states) + 1} offsets from 0 to {len(events)}"
             )
         out = states if in_place else [st.clone() for st in states]
+        dev = self.device
         first = 0
         for lo in range(0, len(events), self.chunk_size):  # the memory bound of fold()
             hi = min(lo + self.chunk_size, len(events))
@@ -310,7 +320,7 @@ class VistaSummarizer(nn.Module):
             lengths = np.array([b - a for _, a, b in parts], dtype=np.int64)
             before = [out[i].last_ts for i, _, _ in parts]
             prev = torch.from_numpy(_segment_previous_times(ts, starts, lengths, before))
-            phi_k, v = self.keys_values(self.encoder(piece, prev))
+            phi_k, v = self.keys_values(self.encoder(piece.to(dev), prev.to(dev)))
             self._add_segment_sums(out, parts, starts, lengths, phi_k, v)
             if self.ridge is not None:
                 self._add_segment_moments(out, parts, piece)
@@ -342,7 +352,8 @@ class VistaSummarizer(nn.Module):
         # without a float64 copy of the sums.
         for j in np.flatnonzero(bucket == 0).tolist():  # long segments: one kernel call each
             i, a, b = parts[j]
-            self.attention_part(out[i].kv).add_(self.state_sum(phi_k[a:b], v[a:b]))
+            kv = out[i].kv
+            self.attention_part(kv).add_(self.state_sum(phi_k[a:b], v[a:b]).to(kv.device))
         short = np.flatnonzero(bucket > 0)
         if not len(short):
             return
@@ -353,8 +364,9 @@ class VistaSummarizer(nn.Module):
             sel = short[bucket[short] == width]
             offs = np.arange(width)
             rows = np.where(offs < lengths[sel, None], starts[sel, None] + offs, n)
-            r = torch.from_numpy(rows)
+            r = torch.from_numpy(rows).to(phi_k.device)
             sums = torch.einsum("bplhf,bplhd->blhfd", phi_z[r], v_z[r])
+            sums = sums.to(out[parts[sel[0]][0]].kv.device)  # one copy per bucket
             for k, j in enumerate(sel.tolist()):
                 self.attention_part(out[parts[j][0]].kv).add_(sums[k])
 
@@ -363,15 +375,18 @@ class VistaSummarizer(nn.Module):
     ) -> None:
         """out[i]'s second moments += those of its events in ``piece`` (ridge read-out)."""
         assert self.ridge is not None
-        x, y = self.ridge.features(piece)
+        x, y = self.ridge.features(piece.to(self.device))
         xy = torch.cat([x, y.unsqueeze(1)], 1)
         for i, a, b in parts:
-            self.moments_part(out[i].kv).add_(x[a:b].T @ xy[a:b])
+            kv = out[i].kv
+            self.moments_part(kv).add_((x[a:b].T @ xy[a:b]).to(kv.device))
 
     def readout_batch(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
         """State buffers (B, *state_shape) and counts (B,) -> tokens (B, K, d) (the ridge
-        read-out's moments are read by the candidates themselves). Differentiable."""
-        return self.readout_attention(self.attention_part(kv), n_events)
+        read-out's moments are read by the candidates themselves), on the model's device.
+        Differentiable."""
+        dev = self.device
+        return self.readout_attention(self.attention_part(kv).to(dev), n_events.to(dev))
 
     def readout_attention(self, kv: torch.Tensor, n_events: torch.Tensor) -> torch.Tensor:
         """Attention sums (B, L, H, F, D+1) and counts (B,) -> tokens (B, K, d)."""

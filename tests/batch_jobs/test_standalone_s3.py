@@ -43,7 +43,9 @@ SPEC = ModelSpec(
 )
 
 
-def chain_config(root: str, master: str, options: dict[str, str]) -> VistaConfig:
+def chain_config(
+    root: str, master: str, options: dict[str, str], conf: dict[str, str] | None = None
+) -> VistaConfig:
     return VistaConfig.model_validate(
         {
             "data": {
@@ -61,6 +63,7 @@ def chain_config(root: str, master: str, options: dict[str, str]) -> VistaConfig
                     "spark.sql.shuffle.partitions": "4",
                     "spark.driver.memory": "1g",
                     "spark.executor.memory": "1g",
+                    **(conf or {}),
                 },
             },
         }
@@ -81,9 +84,15 @@ def table(store: SummaryStore, name: str) -> pa.Table:
 
 def test_nightly_chain_on_a_standalone_cluster_and_s3_equals_local(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISTA_")}
-    with s3_server(tmp_path) as s3, standalone_spark(tmp_path / "spark") as master:
+    # The worker offers one GPU (address 0) and each executor and task asks for a share of
+    # it, as a GPU cluster is configured: every summarize task is handed address 0.
+    gpu_conf = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.5"}
+    with (
+        s3_server(tmp_path) as s3,
+        standalone_spark(tmp_path / "spark", gpus=("0",)) as master,
+    ):
         local = chain_config(str(tmp_path / "local"), "local[2]", {})
-        remote = chain_config(s3.uri("nightly"), master, s3.options)
+        remote = chain_config(s3.uri("nightly"), master, s3.options, gpu_conf)
         torch.manual_seed(0)
         model = VistaModel(SPEC)
         versions = set()
@@ -142,3 +151,16 @@ def test_nightly_chain_on_a_standalone_cluster_and_s3_equals_local(tmp_path: Pat
         # The run folders are on the object store.
         runs = files.list_dir(remote.data.runs_dir, remote.data.storage_options)
         assert {n for n, _ in runs} >= {f"full-{days[-2]}", f"incremental-{days[-1]}"}
+        # Every summarize task saw the GPU Spark gave it; it folds there when torch has that
+        # CUDA device, and on the CPU with the reason in the run report when not (here).
+        for run_name in (f"full-{days[-2]}", f"incremental-{days[-1]}"):
+            report_uri = files.join(remote.data.runs_dir, run_name, "summarize.json")
+            devices = json.loads(files.read_text(report_uri, remote.data.storage_options))[
+                "devices"
+            ]
+            assert devices["tasks"] >= 1
+            if torch.cuda.is_available():
+                assert devices["on_gpu"] == devices["tasks"], devices
+            else:
+                assert devices["gpu_unusable"] == devices["tasks"], devices
+                assert "GPU 0: torch" in devices["gpu_unusable_reason"], devices

@@ -134,3 +134,42 @@ def test_the_summarizer_folds_on_the_gpu_as_on_the_cpu() -> None:
         why = kernels.explain_linear_attention(phi_k.cuda().flatten(1, 2), v.cuda().flatten(1, 2))
     assert why["triton"] == []  # the kernel is what ran
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-2)
+
+
+def test_a_summarize_task_given_a_gpu_folds_there_as_on_the_cpu() -> None:
+    """What a summarize task does with the GPU Spark hands it: the model on that device,
+    events encoded and summed there (short users batched, long ones through the kernel),
+    the sums added into the CPU's float64 states, tokens read out there; equal to the CPU."""
+    import copy
+
+    import numpy as np
+
+    from batch_jobs.worker import task_device
+    from summarizer.config import ModelSpec
+    from summarizer.model.vista_model import VistaModel
+    from tests.helpers import random_events
+
+    placed = task_device("task", ["0"])
+    assert placed.device == "cuda:0" and placed.unusable is None
+    torch.manual_seed(4)
+    model = VistaModel(ModelSpec(num_seeds=8, d_model=32, num_heads=4, item_buckets=1024)).eval()
+    cpu = model.require_summarizer()
+    gpu = copy.deepcopy(model).to(placed.device).require_summarizer()
+    assert gpu.device.type == "cuda"
+    lengths = [3, 1, 40, 9000, 17, 2]  # short ones batched, a long one through the kernel
+    events = random_events(sum(lengths), seed=5)
+    offsets = np.r_[0, np.cumsum(lengths)].tolist()
+    states = {}
+    for name, summ in (("cpu", cpu), ("gpu", gpu)):
+        start = [summ.empty_state() for _ in lengths]
+        states[name] = summ.fold_segments(start, events, offsets)
+        assert all(s.kv.device.type == "cpu" for s in states[name])
+    for a, b in zip(states["cpu"], states["gpu"], strict=True):
+        assert (a.n_events, a.first_ts, a.last_ts) == (b.n_events, b.first_ts, b.last_ts)
+        torch.testing.assert_close(b.kv, a.kv, rtol=1e-4, atol=1e-2)
+    kv = torch.stack([s.kv for s in states["cpu"]])
+    n = torch.tensor(lengths)
+    with torch.no_grad():
+        tokens_gpu = gpu.readout_batch(kv, n).cpu()
+        tokens_cpu = cpu.readout_batch(kv, n)
+    torch.testing.assert_close(tokens_gpu, tokens_cpu, rtol=1e-3, atol=1e-3)
