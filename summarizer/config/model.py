@@ -14,7 +14,14 @@
   concatenated with the candidate, a transformer layer mixes them, pooled;
 * ``full``    target attention over the entire history (the expensive upper bound);
 * ``sim``     SIM soft search: each candidate attends to its own top-``gsu_k`` events of the
-  whole history, chosen by the general search unit (``kernels.topk``).
+  whole history, chosen by the general search unit (``kernels.topk``);
+* ``hstu``    HSTU (Meta 2024): pointwise aggregated attention layers over the events
+  (sliding causal window of ``last_k``, ``num_layers`` layers), candidates appended
+  M-FALCON style (each attends to the history and itself, not to other candidates);
+* ``longer``  LONGER (ByteDance 2025): events merged 4 at a time by an inner transformer,
+  the candidate and the last ``last_k`` merged tokens as queries of a causal
+  cross-attention over the merged sequence, then ``num_layers - 1`` causal
+  self-attention layers over them.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from summarizer.config.section import Section
 
-Kind = Literal["vista", "none", "mean", "din", "linkedin", "transact", "full", "sim"]
+Kind = Literal[
+    "vista", "none", "mean", "din", "linkedin", "transact", "full", "sim", "hstu", "longer"
+]
 KINDS: tuple[str, ...] = get_args(Kind)
 
 

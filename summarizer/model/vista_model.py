@@ -28,6 +28,8 @@ from torch import nn
 from kernels import GatheredMemory, topk
 from summarizer.config import ModelSpec
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
+from summarizer.model.hstu import HSTU
+from summarizer.model.longer import Longer
 from summarizer.model.ranker import CandidateRanker, context_features
 from summarizer.model.reconstruction import ReconstructionDecoder
 from summarizer.model.ridge import RidgeMemory
@@ -89,6 +91,8 @@ class VistaModel(nn.Module):
         self.recon: ReconstructionDecoder | None = None
         self.history_layer: nn.Module | None = None
         self.fusion: nn.ModuleDict | None = None
+        self.hstu: HSTU | None = None
+        self.longer: Longer | None = None
         self.recent_type = nn.Parameter(torch.zeros(d))
         # Memory-bank tokens (GSU) are tagged too; only models that use a bank have the tag,
         # so the weights of models without one are unchanged.
@@ -112,6 +116,10 @@ class VistaModel(nn.Module):
             self.history_layer = nn.TransformerEncoderLayer(
                 d, h, 2 * d, dropout=0.0, batch_first=True, norm_first=True
             )
+        elif spec.kind == "hstu":
+            self.hstu = HSTU(d, h, spec.num_layers, spec.last_k)
+        elif spec.kind == "longer":
+            self.longer = Longer(d, h, spec.num_layers, spec.last_k)
         elif spec.kind == "transact":
             self.fusion = nn.ModuleDict(
                 {

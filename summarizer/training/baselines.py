@@ -29,6 +29,8 @@ def baseline_forward(
     n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
     if spec.kind == "full":
         return full_attention(model, e, cand, torch.repeat_interleave(ctx, n_per_req, 0), batch)
+    if spec.kind in ("hstu", "longer"):
+        return per_user_forward(model, e, cand, torch.repeat_interleave(ctx, n_per_req, 0), batch)
     q = ranker.queries(cand)
     gathered = None
     none = torch.zeros(R + 1, dtype=torch.long)
@@ -91,6 +93,40 @@ def full_attention(
         o = torch.nan_to_num(o) * visible.any(1).view(-1, 1, 1)  # no history: nothing attended
         out = out.index_copy(0, sel, o.reshape(-1, model.spec.d_model))
     return ranker.head(cand, out, ctx_c)
+
+
+def per_user_forward(
+    model: VistaModel, e: torch.Tensor, cand: torch.Tensor, ctx_c: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HSTU with M-FALCON candidates (:mod:`summarizer.model.hstu`) and LONGER
+    (:mod:`summarizer.model.longer`), one user at a time: the user's events up to its last
+    request, then every candidate of the user at once. HSTU leaves out the events no
+    candidate can reach (earlier than layers x window before its first request)."""
+    cand_req = torch.repeat_interleave(
+        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    )
+    cand_user, cand_p, cand_ts = (
+        batch.req_user[cand_req],
+        batch.req_pos[cand_req],
+        batch.req_ts[cand_req],
+    )
+    out = cand.new_zeros(cand.shape[0], model.spec.d_model)
+    for u in range(batch.offsets.numel() - 1):
+        sel = torch.nonzero(cand_user == u).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        a = int(batch.offsets[u])
+        p = cand_p[sel]
+        if model.hstu is not None:
+            reach = len(model.hstu.layers) * model.hstu.window
+            lo, hi = max(0, int(p.min()) - reach), int(p.max())
+            ts = batch.events.ts[a + lo : a + hi]
+            h = model.hstu.forward_user(e[a + lo : a + hi], ts, cand[sel], p - lo, cand_ts[sel])
+        else:
+            assert model.longer is not None
+            h = model.longer.forward_user(e[a : a + int(p.max())], cand[sel], p)
+        out = out.index_copy(0, sel, h)
+    return model.ranker.head(cand, out, ctx_c)
 
 
 def early_fusion(

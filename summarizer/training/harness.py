@@ -35,6 +35,8 @@ class Variant:
 
 
 GSU_K = 32  # memory tokens per candidate in the GSU rows
+HSTU_WINDOW = 512  # the HSTU row's causal attention window (events)
+LONGER_RECENT = 32  # the LONGER row's recent merged tokens among the queries
 RIDGE_K = 64  # item-vector width of the ridge read-out when the configured model has none
 # The attention baselines' stronger recipe (BENCHMARKS.md, issue 21): the shared item table
 # starts from the training window's co-occurrence SVD and learns at 1/100 of the dense lr.
@@ -107,6 +109,14 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
                 readout="state",
             ),
         ),
+        Variant(
+            f"HSTU (M-FALCON candidates), window {HSTU_WINDOW}",
+            spec(kind="hstu", last_k=HSTU_WINDOW),
+        ),
+        Variant(
+            f"LONGER (merge 4, {LONGER_RECENT} recent queries)",
+            spec(kind="longer", last_k=LONGER_RECENT),
+        ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(
             f"TWIN-V2 (clusters + GSU), top {GSU_K}",
@@ -169,6 +179,27 @@ def online_flops_per_candidate(
         return ranker + layer + encode(k) / m
     if spec.kind == "full":
         return ranker + attend(n_history) + (kv_proj(n_history) + encode(n_history)) / m
+    if spec.kind == "hstu":
+        # Per layer: the history's projections and its windowed attention once per request
+        # (a server with a per-user key/value cache pays only the new events' part), and
+        # each candidate's own projection and attention over the window.
+        w = min(spec.last_k, n_history)
+        proj = 2 * (4 * d * d + d * d)  # f1 and f2 of one token
+        per_layer = proj + attend(w + 1) + (n_history * (proj + attend(w))) / m
+        return ranker + spec.num_layers * per_layer + encode(n_history) / m
+    if spec.kind == "longer":
+        # Per request: InnerTrans over every event and the merge, the cross-attention of the
+        # k recent merged tokens over all n/4 of them, the self-attention layers over the
+        # k; per candidate: its query over all merged tokens, then over the k.
+        groups = n_history / 4
+        block = 2 * (4 * d * d + 4 * d * d)  # q, k, v, o and the MLP of one token
+        inner = n_history * block + 2 * 2 * n_history * 4 * d + groups * 2 * 4 * d * d
+        recent = min(spec.last_k, groups)
+        cross = recent * (block + attend(groups)) + groups * 2 * 2 * d * d
+        layers = (spec.num_layers - 1) * recent * (block + attend(recent))
+        per_cand = block + attend(groups + 2)
+        per_cand += (spec.num_layers - 1) * (block + attend(recent + 1))
+        return ranker + per_cand + (inner + cross + layers + encode(n_history)) / m
     raise ValueError(spec.kind)
 
 
