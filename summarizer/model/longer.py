@@ -61,11 +61,12 @@ class Block(nn.Module):
         """x (B, Lq, d) attends to kv (B, Lk, d) where ``mask`` (B, Lq, Lk) is True; a query
         with no visible key attends to nothing."""
         q, (k, v) = self.queries(x), self.keys_values(kv)
+        some = mask.any(-1, keepdim=True)
+        safe = mask | ~some  # a query with no key attends to all, then is zeroed: no NaN
         o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask.unsqueeze(1)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=safe.unsqueeze(1)
         ).transpose(1, 2)
-        o = torch.nan_to_num(o) * mask.any(-1)[..., None, None]
-        return self.finish(x, o)
+        return self.finish(x, o * some.unsqueeze(-1))
 
 
 def _softmax_attend(
@@ -82,7 +83,9 @@ def _softmax_attend(
         s = torch.einsum(eq, q, k) * scale
         scores.append(s.masked_fill(~mask.unsqueeze(1), float("-inf")))
         values.append((v, form))
-    w = torch.softmax(torch.cat(scores, -1), -1)
+    s_all = torch.cat(scores, -1)
+    some = torch.isfinite(s_all).any(-1, keepdim=True)  # a query with no key: all zero
+    w = torch.softmax(s_all.masked_fill(~some, 0.0), -1) * some
     out, start = torch.zeros_like(q), 0
     for (v, form), s in zip(values, scores, strict=True):
         part = w[..., start : start + s.shape[-1]]

@@ -176,3 +176,19 @@ def test_longer_shared_across_requests_equals_longer_written_out() -> None:
         )
     assert got.shape == (7, 32)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_gradients_are_finite_with_empty_histories_and_partial_groups(kind: str) -> None:
+    """Requests with no history, and with fewer events than a merged group or the recent
+    window, train without NaN (a query with no key attends to nothing)."""
+    model = small(kind).train()
+    events = random_events(30, seed=6)
+    batch = one_user_batch(events, [0, 1, 2, 5, 29], [[1], [2], [3], [4], [5]], 1_800_000_000)
+    out = forward_targets(model, batch).logits
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            assert torch.isfinite(g).all(), name
