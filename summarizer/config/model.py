@@ -21,7 +21,11 @@
 * ``longer``  LONGER (ByteDance 2025): events merged 4 at a time by an inner transformer,
   the candidate and the last ``last_k`` merged tokens as queries of a causal
   cross-attention over the merged sequence, then ``num_layers - 1`` causal
-  self-attention layers over them.
+  self-attention layers over them;
+* ``transact2`` TransAct V2 (Pinterest 2025): lifelong, realtime (last ``last_k``) and
+  impression sequences, the first and last reduced to the events nearest the candidate,
+  fused early with the candidate (appended as a token), a transformer encoder; trained
+  with its next-action loss besides the label.
 """
 
 from __future__ import annotations
@@ -33,7 +37,17 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 from summarizer.config.section import Section
 
 Kind = Literal[
-    "vista", "none", "mean", "din", "linkedin", "transact", "full", "sim", "hstu", "longer"
+    "vista",
+    "none",
+    "mean",
+    "din",
+    "linkedin",
+    "transact",
+    "full",
+    "sim",
+    "hstu",
+    "longer",
+    "transact2",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 

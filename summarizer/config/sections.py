@@ -94,6 +94,11 @@ class TrainConfig(Section):
     targets_per_user: int = Field(128, ge=1)
     batch_events: int = Field(200_000, ge=1)
     batch_requests: int = Field(256, ge=1)
+    next_action_weight: float = Field(
+        0.1,
+        ge=0,
+        description="TransAct V2's next-action loss (model kind transact2; 0: off)",
+    )
     recon_weight: float = Field(
         0.0,
         ge=0,

@@ -34,6 +34,7 @@ from summarizer.model.ranker import CandidateRanker, context_features
 from summarizer.model.reconstruction import ReconstructionDecoder
 from summarizer.model.ridge import RidgeMemory
 from summarizer.model.summarization import VistaSummarizer
+from summarizer.model.transact2 import TransActV2
 
 # Candidates one serving pass scores at once (VistaModel.score_requests): about what keeps
 # the pass's activations in this CPU's caches at d = 64 (chosen among 512..4096).
@@ -93,6 +94,7 @@ class VistaModel(nn.Module):
         self.fusion: nn.ModuleDict | None = None
         self.hstu: HSTU | None = None
         self.longer: Longer | None = None
+        self.transact2: TransActV2 | None = None
         self.recent_type = nn.Parameter(torch.zeros(d))
         # Memory-bank tokens (GSU) are tagged too; only models that use a bank have the tag,
         # so the weights of models without one are unchanged.
@@ -120,6 +122,8 @@ class VistaModel(nn.Module):
             self.hstu = HSTU(d, h, spec.num_layers, spec.last_k)
         elif spec.kind == "longer":
             self.longer = Longer(d, h, spec.num_layers, spec.last_k)
+        elif spec.kind == "transact2":
+            self.transact2 = TransActV2(d, h, 1, spec.last_k)  # one layer, as the TransAct row
         elif spec.kind == "transact":
             self.fusion = nn.ModuleDict(
                 {

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from summarizer.data.histories import event_labels
+from summarizer.model.transact2 import NEXT_ACTION_NEGATIVES
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.causal_gsu import causal_gsu
 from summarizer.training.targets import TargetBatch, pad_jagged, request_windows
@@ -127,6 +129,94 @@ def per_user_forward(
             h = model.longer.forward_user(e[a : a + int(p.max())], cand[sel], p)
         out = out.index_copy(0, sel, h)
     return model.ranker.head(cand, out, ctx_c)
+
+
+def transact2_forward(
+    model: VistaModel,
+    e: torch.Tensor,
+    cand: torch.Tensor,
+    ctx_c: torch.Tensor,
+    batch: TargetBatch,
+    next_action: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """TransAct V2 (:mod:`summarizer.model.transact2`), one user at a time: logits, ratings
+    and, when ``next_action``, the next-action loss of the batch's requests."""
+    tv2 = model.transact2
+    assert tv2 is not None
+    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+    cand_req = torch.repeat_interleave(torch.arange(batch.req_pos.numel()), n_per_req)
+    cand_user, cand_p = batch.req_user[cand_req], batch.req_pos[cand_req]
+    engaged = torch.from_numpy(
+        event_labels(batch.events.action.numpy(), batch.events.weight.numpy()) > 0
+    )
+    item_emb = model.items(batch.events.item_id)
+    cand_items = model.items(batch.cand_item)
+    out = cand.new_zeros(cand.shape[0], model.spec.d_model)
+    losses = []
+    for u in range(batch.offsets.numel() - 1):
+        sel = torch.nonzero(cand_user == u).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        a, b = int(batch.offsets[u]), int(batch.offsets[u + 1])
+        h = tv2.forward_user(
+            e[a:b], item_emb[a:b], engaged[a:b], cand[sel], cand_items[sel], cand_p[sel]
+        )
+        out = out.index_copy(0, sel, h)
+        if next_action:
+            reqs = torch.nonzero(batch.req_user == u).squeeze(1)
+            loss = next_action_loss(
+                model,
+                e[a:b],
+                batch.events.item_id[a:b],
+                engaged[a:b],
+                batch.req_pos[reqs],
+                batch.events.item_id,
+            )
+            if loss is not None:
+                losses.append(loss)
+    logits, ratings = model.ranker.head(cand, out, ctx_c)
+    aux = torch.stack(losses).mean() if losses else None
+    return logits, ratings, aux
+
+
+def next_action_loss(
+    model: VistaModel,
+    events: torch.Tensor,
+    items: torch.Tensor,
+    engaged: torch.Tensor,
+    req_pos: torch.Tensor,
+    pool: torch.Tensor,
+) -> torch.Tensor | None:
+    """TransAct V2's next-action loss for one user's requests: the user vector at each
+    request (:meth:`TransActV2.user_vectors`) against the next engaged item at or after
+    its position (positive), the user's impressions before it and random items of the
+    batch (``pool``) as negatives, a sampled softmax. None when no request has a next
+    engaged item in the batch."""
+    tv2 = model.transact2
+    assert tv2 is not None
+    n = items.shape[0]
+    eng_pos = torch.nonzero(engaged).squeeze(1)
+    nxt = torch.searchsorted(eng_pos, req_pos)
+    has = nxt < eng_pos.numel()
+    if not bool(has.any()):
+        return None
+    req_pos, pos_item = req_pos[has], items[eng_pos[nxt[has]]]
+    G = NEXT_ACTION_NEGATIVES
+    # Negatives: up to G of the user's impressions before the request, the rest random.
+    imp = torch.nonzero(~engaged).squeeze(1)
+    rand_pool = pool[torch.randint(0, pool.numel(), (req_pos.numel(), G))]
+    if imp.numel():
+        pick = imp[torch.randint(0, imp.numel(), (req_pos.numel(), G))]
+        before = pick < req_pos.unsqueeze(1)
+        negs = torch.where(before, items[pick.clamp(max=n - 1)], rand_pool)
+    else:
+        negs = rand_pool
+    cands = torch.cat([pos_item.unsqueeze(1), negs], 1)  # (r, 1 + G)
+    user = tv2.user_vectors(events, req_pos)  # (r, d)
+    logits = torch.einsum("rd,rgd->rg", user, model.items(cands))
+    same = cands[:, 1:] == cands[:, :1]  # a negative that is the positive item: left out
+    logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], 1)
+    return F.cross_entropy(logits, torch.zeros(req_pos.numel(), dtype=torch.long))
 
 
 def early_fusion(

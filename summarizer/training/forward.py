@@ -18,7 +18,7 @@ from kernels import linear_attention
 from summarizer.model.encoder import previous_times_jagged
 from summarizer.model.ranker import context_features
 from summarizer.model.vista_model import VistaModel
-from summarizer.training.baselines import baseline_forward
+from summarizer.training.baselines import baseline_forward, transact2_forward
 from summarizer.training.causal_gsu import causal_gsu
 from summarizer.training.targets import TargetBatch, request_windows
 
@@ -31,6 +31,7 @@ class BatchOutput:
     ratings: torch.Tensor | None  # (C,)
     recon_loss: torch.Tensor | None
     ridge: torch.Tensor | None = None  # (C,) the ridge read-out's scores (deviations)
+    aux_loss: torch.Tensor | None = None  # TransAct V2's next-action loss (training)
 
 
 def request_context(batch: TargetBatch) -> torch.Tensor:
@@ -52,6 +53,13 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     e = model.encoder(batch.events, previous_times_jagged(batch.events.ts, batch.offsets))
     cand = model.ranker.embed_candidates(batch.cand_item)
     ctx = request_context(batch)
+    if model.spec.kind == "transact2":  # with its next-action loss while training
+        n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
+        ctx_c = torch.repeat_interleave(ctx, n_per_req, 0)
+        logits, ratings, aux = transact2_forward(
+            model, e, cand, ctx_c, batch, next_action=torch.is_grad_enabled()
+        )
+        return BatchOutput(logits, ratings, None, aux_loss=aux)
     if model.spec.kind != "vista":
         return BatchOutput(*baseline_forward(model, e, cand, ctx, batch), None)
     tokens, sum_pos, inverse = _vista_readouts(model, e, batch)

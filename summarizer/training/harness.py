@@ -18,6 +18,7 @@ import numpy as np
 
 from summarizer.config import ModelSpec, TrainConfig
 from summarizer.data.histories import Histories, load_histories, temporal_split
+from summarizer.model.transact2 import IMPRESSION_K, LIFELONG_K
 from summarizer.model.vista_model import VistaModel
 from summarizer.training import classic
 from summarizer.training.targets import Window
@@ -37,6 +38,7 @@ class Variant:
 GSU_K = 32  # memory tokens per candidate in the GSU rows
 HSTU_WINDOW = 512  # the HSTU row's causal attention window (events)
 LONGER_RECENT = 32  # the LONGER row's recent merged tokens among the queries
+TRANSACT2_REALTIME = 32  # the TransAct V2 row's realtime window
 RIDGE_K = 64  # item-vector width of the ridge read-out when the configured model has none
 # The attention baselines' stronger recipe (BENCHMARKS.md, issue 21): the shared item table
 # starts from the training window's co-occurrence SVD and learns at 1/100 of the dense lr.
@@ -116,6 +118,11 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
         Variant(
             f"LONGER (merge 4, {LONGER_RECENT} recent queries)",
             spec(kind="longer", last_k=LONGER_RECENT),
+        ),
+        Variant(
+            f"TransAct V2 (nearest {LIFELONG_K} lifelong + last {TRANSACT2_REALTIME} + "
+            f"{IMPRESSION_K} impressions, next-action loss)",
+            spec(kind="transact2", last_k=TRANSACT2_REALTIME),
         ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(
@@ -200,6 +207,14 @@ def online_flops_per_candidate(
         per_cand = block + attend(groups + 2)
         per_cand += (spec.num_layers - 1) * (block + attend(recent + 1))
         return ranker + per_cand + (inner + cross + layers + encode(n_history)) / m
+    if spec.kind == "transact2":
+        # Per candidate: the nearest-neighbour search over every event's item (lifelong and
+        # impressions), the fusion of each selected event with it, one encoder layer over
+        # them and itself; per request: the events' encoding.
+        t = min(LIFELONG_K + IMPRESSION_K, n_history) + min(spec.last_k, n_history) + 1
+        layer = 2 * t * (4 * d * d + 4 * d * d) + 2 * 2 * t * t * d
+        search = 2 * n_history * d
+        return ranker + search + t * 2 * 2 * d * d + layer + 2 * 2 * d * d + encode(n_history) / m
     raise ValueError(spec.kind)
 
 

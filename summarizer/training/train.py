@@ -43,6 +43,9 @@ def batch_loss(
     if out.recon_loss is not None:
         loss = loss + cfg.recon_weight * out.recon_loss
         parts["recon"] = float(out.recon_loss.detach())
+    if out.aux_loss is not None and cfg.next_action_weight:
+        loss = loss + cfg.next_action_weight * out.aux_loss
+        parts["next_action"] = float(out.aux_loss.detach())
     if out.ridge is not None and cfg.ridge_weight and model.ridge is not None:
         # The ridge read-out's own fit: its score predicts the candidate's response (rating,
         # else the label) around the mean, so its tables learn whatever the MLP does.

@@ -15,11 +15,12 @@ from summarizer.model import hstu as hstu_mod
 from summarizer.model.encoder import EventBatch
 from summarizer.model.hstu import HSTU
 from summarizer.model.longer import MERGE_GROUP, Block, Longer
+from summarizer.model.transact2 import TransActV2
 from summarizer.model.vista_model import VistaModel
 from summarizer.training.forward import forward_targets
 from tests.helpers import one_user_batch, random_events
 
-NEW_KINDS = ["hstu", "longer"]
+NEW_KINDS = ["hstu", "longer", "transact2"]
 
 
 def small(kind: str) -> VistaModel:
@@ -192,3 +193,31 @@ def test_gradients_are_finite_with_empty_histories_and_partial_groups(kind: str)
         if p.grad is not None:
             g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
             assert torch.isfinite(g).all(), name
+
+
+def test_transact2_search_picks_the_nearest_allowed_events() -> None:
+    torch.manual_seed(7)
+    cand, ev = torch.randn(5, 8), torch.randn(40, 8)
+    allowed = torch.rand(5, 40) > 0.3
+    allowed[4] = False  # a candidate with nothing to search
+    allowed[3] = False
+    allowed[3, :2] = True  # fewer than k
+    idx, ok = TransActV2.nearest(cand, ev, allowed, 6)
+    for c in range(5):
+        s = (ev @ cand[c]).masked_fill(~allowed[c], float("-inf"))
+        want = [int(i) for i in s.argsort(descending=True) if allowed[c, i]][:6]
+        assert idx[c][ok[c]].tolist() == want
+
+
+def test_transact2_trains_with_its_next_action_loss() -> None:
+    """The next-action loss is there while training (finite, gradients reach the item
+    table), absent in evaluation; its positive is the next engaged item."""
+    model = small("transact2").train()
+    events = random_events(60, seed=8)
+    batch = one_user_batch(events, [10, 30, 59], [[1], [2], [3]], 1_800_000_000)
+    out = forward_targets(model, batch)
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+    out.aux_loss.backward()
+    assert model.items.table_a.weight.grad is not None
+    with torch.no_grad():
+        assert forward_targets(model.eval(), batch).aux_loss is None
