@@ -25,7 +25,11 @@
 * ``transact2`` TransAct V2 (Pinterest 2025): lifelong, realtime (last ``last_k``) and
   impression sequences, the first and last reduced to the events nearest the candidate,
   fused early with the candidate (appended as a token), a transformer encoder; trained
-  with its next-action loss besides the label.
+  with its next-action loss besides the label;
+* ``dv365``   a DV365-style offline embedding (Instagram 2025): the last ``last_k`` events
+  before the summary point through a funnel transformer (token pooling between blocks)
+  plus a linear compression, ``num_seeds`` tokens cached like VISTA's and read with the
+  events since.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ Kind = Literal[
     "hstu",
     "longer",
     "transact2",
+    "dv365",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 

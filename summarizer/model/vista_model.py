@@ -27,6 +27,7 @@ from torch import nn
 
 from kernels import GatheredMemory, topk
 from summarizer.config import ModelSpec
+from summarizer.model.dv365 import DV365
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.model.hstu import HSTU
 from summarizer.model.longer import Longer
@@ -95,6 +96,7 @@ class VistaModel(nn.Module):
         self.hstu: HSTU | None = None
         self.longer: Longer | None = None
         self.transact2: TransActV2 | None = None
+        self.dv365: DV365 | None = None
         self.recent_type = nn.Parameter(torch.zeros(d))
         # Memory-bank tokens (GSU) are tagged too; only models that use a bank have the tag,
         # so the weights of models without one are unchanged.
@@ -122,6 +124,8 @@ class VistaModel(nn.Module):
             self.hstu = HSTU(d, h, spec.num_layers, spec.last_k)
         elif spec.kind == "longer":
             self.longer = Longer(d, h, spec.num_layers, spec.last_k)
+        elif spec.kind == "dv365":
+            self.dv365 = DV365(d, h, spec.last_k, spec.num_seeds)
         elif spec.kind == "transact2":
             self.transact2 = TransActV2(d, h, 1, spec.last_k)  # one layer, as the TransAct row
         elif spec.kind == "transact":

@@ -60,6 +60,12 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
             model, e, cand, ctx_c, batch, next_action=torch.is_grad_enabled()
         )
         return BatchOutput(logits, ratings, None, aux_loss=aux)
+    if model.spec.kind == "dv365":  # cached tokens + the events since, as VISTA's are read
+        tokens, inverse = _dv365_embeddings(model, e, batch)
+        mem, mem_offs = _vista_memory(model, tokens[inverse], e, batch)
+        q = model.ranker.queries(cand)
+        logits, ratings = model.rank(cand, q, mem, batch.cand_offsets, mem_offs, ctx)
+        return BatchOutput(logits, ratings, None)
     if model.spec.kind != "vista":
         return BatchOutput(*baseline_forward(model, e, cand, ctx, batch), None)
     tokens, sum_pos, inverse = _vista_readouts(model, e, batch)
@@ -135,6 +141,24 @@ def _vista_readouts(
         first = last + 1
     kv = torch.cat(kv_parts) if kv_parts else phi_k.new_zeros(0, L, H, Fd, Dv)
     return summ.readout_attention(kv, p_of), torch.stack([u_of, p_of], 1), inverse
+
+
+def _dv365_embeddings(
+    model: VistaModel, e: torch.Tensor, batch: TargetBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DV365's tokens (S, K, d), one per distinct (user, summary position) -- the nightly
+    embedding of the last N events before the request's day -- and each request's index."""
+    dv = model.dv365
+    assert dv is not None
+    sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
+    width = int(sp.max()) + 1 if sp.numel() else 1
+    uniq, inverse = torch.unique(batch.req_user * width + sp, return_inverse=True)
+    u_of, p_of = uniq // width, uniq % width
+    local = p_of.unsqueeze(1) - dv.events + torch.arange(dv.events).unsqueeze(0)  # (S, N)
+    present = local >= 0
+    idx = (batch.offsets[:-1][u_of].unsqueeze(1) + local).clamp(min=0, max=max(len(e) - 1, 0))
+    x = e[idx] if len(e) else e.new_zeros(*idx.shape, e.shape[1])
+    return dv(x, present), inverse
 
 
 def request_moments(model: VistaModel, batch: TargetBatch) -> torch.Tensor:

@@ -39,6 +39,7 @@ GSU_K = 32  # memory tokens per candidate in the GSU rows
 HSTU_WINDOW = 512  # the HSTU row's causal attention window (events)
 LONGER_RECENT = 32  # the LONGER row's recent merged tokens among the queries
 TRANSACT2_REALTIME = 32  # the TransAct V2 row's realtime window
+DV365_EVENTS = 256  # the DV365 row's events per embedding (local windows, pooled to K)
 RIDGE_K = 64  # item-vector width of the ridge read-out when the configured model has none
 # The attention baselines' stronger recipe (BENCHMARKS.md, issue 21): the shared item table
 # starts from the training window's co-occurrence SVD and learns at 1/100 of the dense lr.
@@ -124,6 +125,10 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             f"{IMPRESSION_K} impressions, next-action loss)",
             spec(kind="transact2", last_k=TRANSACT2_REALTIME),
         ),
+        Variant(
+            f"DV365-style embedding K={K} (funnel over the last {DV365_EVENTS} events)",
+            spec(kind="dv365", num_seeds=K, last_k=DV365_EVENTS),
+        ),
         Variant(f"SIM soft search, top {GSU_K}", spec(kind="sim", gsu_k=GSU_K)),
         Variant(
             f"TWIN-V2 (clusters + GSU), top {GSU_K}",
@@ -207,6 +212,9 @@ def online_flops_per_candidate(
         per_cand = block + attend(groups + 2)
         per_cand += (spec.num_layers - 1) * (block + attend(recent + 1))
         return ranker + per_cand + (inner + cross + layers + encode(n_history)) / m
+    if spec.kind == "dv365":  # cached tokens + the recent window, read as VISTA's are
+        w = min(spec.recent_window, n_history)
+        return ranker + attend(spec.num_seeds + w) + (kv_proj(spec.num_seeds + w) + encode(w)) / m
     if spec.kind == "transact2":
         # Per candidate: the nearest-neighbour search over every event's item (lifelong and
         # impressions), the fusion of each selected event with it, one encoder layer over

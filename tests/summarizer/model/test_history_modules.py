@@ -12,15 +12,15 @@ import torch.nn.functional as F
 
 from summarizer.config import ModelSpec
 from summarizer.model import hstu as hstu_mod
-from summarizer.model.encoder import EventBatch
+from summarizer.model.encoder import EventBatch, previous_times
 from summarizer.model.hstu import HSTU
 from summarizer.model.longer import MERGE_GROUP, Block, Longer
 from summarizer.model.transact2 import TransActV2
-from summarizer.model.vista_model import VistaModel
+from summarizer.model.vista_model import ScoringRequest, VistaModel
 from summarizer.training.forward import forward_targets
 from tests.helpers import one_user_batch, random_events
 
-NEW_KINDS = ["hstu", "longer", "transact2"]
+NEW_KINDS = ["hstu", "longer", "transact2", "dv365"]
 
 
 def small(kind: str) -> VistaModel:
@@ -221,3 +221,36 @@ def test_transact2_trains_with_its_next_action_loss() -> None:
     assert model.items.table_a.weight.grad is not None
     with torch.no_grad():
         assert forward_targets(model.eval(), batch).aux_loss is None
+
+
+def test_dv365_training_reads_what_serving_would_cache() -> None:
+    """A DV365 request in training reads the embedding of the last N events before its
+    summary point and the events since: equal to serving the cached tokens through the
+    scorer's one ranker path (ScoringRequest with tokens and recent events)."""
+    model = small("dv365")
+    dv = model.dv365
+    assert dv is not None
+    events = random_events(50, seed=9)
+    now = int(events.ts[-1]) + 3600
+    positions, summary_pos, cands = [0, 7, 30, 49], [0, 7, 20, 3], [[1, 2], [3], [4], [5, 6]]
+    with torch.no_grad():
+        train = forward_targets(
+            model, one_user_batch(events, positions, cands, now, summary_pos)
+        ).logits
+        served = []
+        for p, sp, c in zip(positions, summary_pos, cands, strict=True):
+            lo = max(0, sp - dv.events)
+            e = model.encoder(events, previous_times(events.ts, None))[lo:sp]
+            x = torch.cat([e.new_zeros(dv.events - len(e), e.shape[1]), e]).unsqueeze(0)
+            present = (torch.arange(dv.events) >= dv.events - len(e)).unsqueeze(0)
+            tokens = dv(x, present)[0]
+            request = ScoringRequest(
+                torch.tensor(c),
+                tokens,  # no events: K zero tokens (what a cold-start user is served)
+                n_events=p,
+                hours_since_last=(now - int(events.ts[p - 1])) / 3600 if p > 0 else 0.0,
+                recent=events.slice(sp, p),
+                recent_prev_ts=int(events.ts[sp - 1]) if sp > 0 else None,
+            )
+            served.append(model.score_request(request))
+    torch.testing.assert_close(train, torch.cat(served), rtol=1e-5, atol=1e-5)
