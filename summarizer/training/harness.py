@@ -242,6 +242,21 @@ class Row:
     auc_min: float | None = None  # range over the seeds (None: one run)
     auc_max: float | None = None
     seeds: int = 1
+    served: str = "-"  # serving_form: "cache", "raw events", "no history" ("-": classic)
+
+
+def serving_form(spec: ModelSpec) -> str:
+    """How a model kind's history reaches a request online: from per-user rows a batch job
+    keeps (``cache``: VISTA's tokens, DV365's embedding, a running mean, memory banks of
+    events or TWIN-V2 clusters), or by running over the raw events at request time (``raw
+    events``: its online cost grows with the history it reads)."""
+    if spec.kind == "none":
+        return "no history"
+    if spec.kind in ("vista", "dv365", "mean") or (
+        spec.kind == "sim" and spec.memory == "clusters"
+    ):
+        return "cache"
+    return "raw events"
 
 
 def classic_rows(
@@ -324,6 +339,7 @@ def run(
                 auc_min=min(aucs) if seeds > 1 else None,
                 auc_max=max(aucs) if seeds > 1 else None,
                 seeds=seeds,
+                served=serving_form(spec),
             )
         )
         if progress:
@@ -346,9 +362,9 @@ def _test_positions(hist: Histories, u: int, w: Window) -> np.ndarray:
 def format_table(rows: list[Row]) -> str:
     head = (
         "| model | AUC (range over seeds) | logloss | NE | MAE | params (dense) "
-        "| online MFLOP/cand | epochs | train s |"
+        "| online MFLOP/cand | served from | epochs | train s |"
     )
-    sep = "|---|---|---|---|---|---|---|---|---|"
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
     lines = [head, sep]
     for r in rows:
         mae = f"{r.mae:.4f}" if r.mae is not None else "-"
@@ -358,7 +374,8 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.model} | {auc} | {r.logloss:.4f} | {r.ne:.4f} | {mae} | "
             f"{r.params / 1e6:.2f}M ({r.dense_params / 1e3:.0f}k) | "
-            f"{r.online_mflops_per_candidate:.3f} | {r.epochs} | {r.train_seconds:.0f} |"
+            f"{r.online_mflops_per_candidate:.3f} | {r.served} | {r.epochs} | "
+            f"{r.train_seconds:.0f} |"
         )
     return "\n".join(lines)
 
@@ -382,10 +399,25 @@ def plot_quality_vs_cost(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Marker: served from a cache (circle) or over raw events at request time (triangle);
+    # VISTA's rows red.
+    markers = {"cache": "o", "raw events": "^", "no history": "s", "-": "D"}
+    for form, marker in markers.items():
+        group = [r for r in rows if r.served == form]
+        if not group:
+            continue
+        ax.scatter(
+            [max(r.online_mflops_per_candidate, 1e-3) for r in group],
+            [r.auc for r in group],
+            s=40,
+            marker=marker,
+            color=["tab:red" if r.model.startswith("VISTA") else "tab:blue" for r in group],
+            label={"-": "classic"}.get(form, form),
+        )
     for r in rows:
         x = max(r.online_mflops_per_candidate, 1e-3)
-        ax.scatter(x, r.auc, s=40, color="tab:red" if r.model.startswith("VISTA") else "tab:blue")
         ax.annotate(r.model, (x, r.auc), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("online MFLOP per candidate (log)")
     ax.set_ylabel("test AUC")

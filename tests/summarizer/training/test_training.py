@@ -167,7 +167,8 @@ def test_harness_table_and_plot(small_data: Path, tmp_path: Path) -> None:
     assert all(0.0 <= r.auc <= 1.0 for r in rows)
     assert rows[1].online_mflops_per_candidate > rows[0].online_mflops_per_candidate
     assert (tmp_path / "quality_vs_cost.png").stat().st_size > 1000
-    assert f"| {default} |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert f"| {default} |" in table and "| cache |" in table and "| no history |" in table
 
 
 def test_online_cost_model_orders_the_baselines() -> None:
@@ -182,6 +183,26 @@ def test_online_cost_model_orders_the_baselines() -> None:
     sim = harness.online_flops_per_candidate(gsu.replace(kind="sim"), 100_000)
     vista_gsu = harness.online_flops_per_candidate(gsu, 100_000)
     assert cost["vista"] < vista_gsu and cost["din"] < sim < cost["full"]  # the search grows with n
+
+
+def test_cached_modules_cost_the_same_for_any_history_and_raw_event_ones_grow() -> None:
+    """The cost column and the "served from" column of the long-sequence rows: DV365 and
+    VISTA read cached tokens (flat in n); HSTU, LONGER, TransAct V2 and full attention run
+    over raw events (grow with n)."""
+    spec = ModelSpec(num_seeds=16)
+    for kind in ("vista", "dv365"):
+        s = spec.replace(kind=kind)
+        assert harness.serving_form(s) == "cache"
+        short, long = (harness.online_flops_per_candidate(s, n) for n in (1_000, 1_000_000))
+        assert long == short
+    for kind in ("hstu", "longer", "transact2", "full"):
+        s = spec.replace(kind=kind)
+        assert harness.serving_form(s) == "raw events"
+        short, long = (harness.online_flops_per_candidate(s, n) for n in (1_000, 1_000_000))
+        assert long > 5 * short, kind  # the search (TransAct V2) or the attention
+    assert harness.serving_form(spec.replace(kind="sim", gsu_k=8, memory="clusters")) == "cache"
+    assert harness.serving_form(spec.replace(kind="sim", gsu_k=8)) == "raw events"
+    assert harness.serving_form(spec.replace(kind="none")) == "no history"
 
 
 def test_bucketed_reading_covers_every_user_once(small_data: Path) -> None:
