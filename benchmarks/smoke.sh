@@ -24,6 +24,8 @@ run $VISTA data validate --input "$T/synth/events" --valid-out "$T/synth/valid" 
 run $PY benchmarks/synthetic_oracle.py "$T/synth/valid" --topics 400 --targets 8
 run $PY benchmarks/item_vector_probe.py "$T/synth/valid" --topics 400 --targets 8
 run $PY benchmarks/train_throughput.py "$T/synth/valid" --epochs 1 --threads 1
+run env VISTA_TRAIN__EPOCHS=1 $VISTA evaluate --data "$T/synth/valid" --out "$T/eval" --models "no history,DV365"
+run $PY benchmarks/field.py --out "$T/field" "$T/eval/results.json"
 run $PY benchmarks/batch_jobs.py --work "$T/batch" --users 40 --max-events 600 --giants 1 --min-events 20
 run $PY benchmarks/cluster.py --users 200 --lookups 20 --chain-users 8 --out "$T/cluster"
 echo "bench-smoke: every benchmark ran"
