@@ -397,27 +397,24 @@ def plot_quality_vs_cost(rows: list[Row], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 6))
     # Marker: served from a cache (circle) or over raw events at request time (triangle);
     # VISTA's rows red.
     markers = {"cache": "o", "raw events": "^", "no history": "s", "-": "D"}
-    for form, marker in markers.items():
-        group = [r for r in rows if r.served == form]
-        if not group:
-            continue
-        ax.scatter(
-            [max(r.online_mflops_per_candidate, 1e-3) for r in group],
-            [r.auc for r in group],
-            s=40,
-            marker=marker,
-            color=["tab:red" if r.model.startswith("VISTA") else "tab:blue" for r in group],
-            label={"-": "classic"}.get(form, form),
-        )
     for r in rows:
         x = max(r.online_mflops_per_candidate, 1e-3)
-        ax.annotate(r.model, (x, r.auc), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.legend(fontsize=7, loc="lower right")
+        color = "tab:red" if r.model.startswith("VISTA") else "tab:blue"
+        ax.scatter(x, r.auc, s=40, marker=markers.get(r.served, "o"), color=color)
+        label = r.model if len(r.model) <= 40 else r.model[:38] + "…"
+        ax.annotate(label, (x, r.auc), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    handles = [
+        Line2D([], [], marker=m, linestyle="", color="gray", label={"-": "classic"}.get(f, f))
+        for f, m in markers.items()
+        if any(r.served == f for r in rows)
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right", title="served from", title_fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("online MFLOP per candidate (log)")
     ax.set_ylabel("test AUC")
