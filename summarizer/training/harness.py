@@ -125,6 +125,24 @@ def default_variants(base: ModelSpec, last_k: int = 100) -> list[Variant]:
             f"{IMPRESSION_K} impressions, next-action loss)",
             spec(kind="transact2", last_k=TRANSACT2_REALTIME),
         ),
+        # The raw-event attention modules with the recipe that lifts DIN and full attention
+        # on the sparse synthetic data (the co-occurrence item table, nearly frozen).
+        Variant(
+            f"HSTU (co-occurrence item table), window {HSTU_WINDOW}",
+            spec(kind="hstu", last_k=HSTU_WINDOW),
+            FROZEN_COOCCURRENCE_TABLE,
+        ),
+        Variant(
+            f"LONGER (co-occurrence item table), merge 4, {LONGER_RECENT} recent queries",
+            spec(kind="longer", last_k=LONGER_RECENT),
+            FROZEN_COOCCURRENCE_TABLE,
+        ),
+        Variant(
+            f"TransAct V2 (co-occurrence item table), nearest {LIFELONG_K} lifelong + last "
+            f"{TRANSACT2_REALTIME} + {IMPRESSION_K} impressions",
+            spec(kind="transact2", last_k=TRANSACT2_REALTIME),
+            FROZEN_COOCCURRENCE_TABLE,
+        ),
         Variant(
             f"DV365-style embedding K={K} (funnel over the last {DV365_EVENTS} events)",
             spec(kind="dv365", num_seeds=K, last_k=DV365_EVENTS),
