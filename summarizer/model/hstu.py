@@ -143,10 +143,14 @@ class HSTU(nn.Module):
         count = valid.sum(1, keepdim=True) + 1  # the window and the candidate itself
         zero = torch.zeros(1, dtype=torch.long)
         x, h = events, cand + self.cand_type
-        for layer in self.blocks():
+        blocks = self.blocks()
+        for i, layer in enumerate(blocks):
             u_c, v_c, q_c, k_c = layer.project(h)
             scale = math.sqrt(layer.head_dim)
-            x_next, k, v = self._events(layer, x, ts)
+            if i + 1 < len(blocks):
+                x_next, k, v = self._events(layer, x, ts)
+            else:  # the events' last-layer outputs are never read: keys and values only
+                _, v, _, k = layer.project(x)
             s = torch.einsum("chd,nhd->hcn", q_c, k) / scale
             s = s + layer.rab(dist, dt).permute(2, 0, 1)
             a = F.silu(s) * valid / count
@@ -154,5 +158,6 @@ class HSTU(nn.Module):
             s_self = (q_c * k_c).sum(-1) / scale + layer.rab(zero, zero)  # (c, H)
             attended = attended + (F.silu(s_self) / count).unsqueeze(-1) * v_c
             h = layer.output(h, attended, u_c)
-            x = x_next
+            if i + 1 < len(blocks):
+                x = x_next
         return self.final_norm(h)

@@ -208,7 +208,8 @@ class Longer(nn.Module):
         # each candidate over its request's recent tokens and itself.
         r_mask = (slot <= slot.T) & present.unsqueeze(1)  # (R, k, k): query i sees j <= i
         own_mask = torch.cat([present[cand_req], torch.ones(h.shape[0], 1, dtype=torch.bool)], 1)
-        for layer in self.blocks():
+        blocks = self.blocks()
+        for i, layer in enumerate(blocks):
             kr, vr = layer.keys_values(recent)  # (R, k, H, D)
             ks, vs = layer.keys_values(h)
             att = _softmax_attend(
@@ -224,5 +225,6 @@ class Longer(nn.Module):
                 layer.head_dim**-0.5,
             )
             h = layer.finish(h, att)
-            recent = layer(recent, recent, r_mask) * present.unsqueeze(-1)
+            if i + 1 < len(blocks):  # the recent tokens' last-layer outputs are never read
+                recent = layer(recent, recent, r_mask) * present.unsqueeze(-1)
         return self.final_norm(h)

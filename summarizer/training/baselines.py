@@ -28,11 +28,10 @@ def baseline_forward(
     its embedded candidates, ``ctx`` (R, 2) each request's context."""
     spec, ranker = model.spec, model.ranker
     R = batch.req_pos.numel()
-    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
     if spec.kind == "full":
-        return full_attention(model, e, cand, torch.repeat_interleave(ctx, n_per_req, 0), batch)
+        return full_attention(model, e, cand, ctx[batch.cand_request()], batch)
     if spec.kind in ("hstu", "longer"):
-        return per_user_forward(model, e, cand, torch.repeat_interleave(ctx, n_per_req, 0), batch)
+        return per_user_forward(model, e, cand, ctx[batch.cand_request()], batch)
     q = ranker.queries(cand)
     gathered = None
     none = torch.zeros(R + 1, dtype=torch.long)
@@ -52,8 +51,7 @@ def baseline_forward(
         idx, offs = request_windows(batch, spec.last_k)
         window = e[idx]
         if spec.kind == "transact":
-            per_cand = torch.repeat_interleave(ctx, n_per_req, 0)
-            return early_fusion(model, window, offs, cand, per_cand, batch)
+            return early_fusion(model, window, offs, cand, ctx[batch.cand_request()], batch)
         if spec.kind == "din":
             memory = window
         elif spec.kind == "linkedin":
@@ -71,9 +69,7 @@ def full_attention(
     """Target attention over every earlier event: per user, a causal mask over its events."""
     ranker = model.ranker
     H, D = model.spec.num_heads, model.spec.d_model // model.spec.num_heads
-    cand_req = torch.repeat_interleave(
-        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    )
+    cand_req = batch.cand_request()
     cand_user = batch.req_user[cand_req]
     cand_p = batch.req_pos[cand_req]
     out = cand.new_zeros(cand.shape[0], model.spec.d_model)
@@ -104,9 +100,7 @@ def per_user_forward(
     (:mod:`summarizer.model.longer`), one user at a time: the user's events up to its last
     request, then every candidate of the user at once. HSTU leaves out the events no
     candidate can reach (earlier than layers x window before its first request)."""
-    cand_req = torch.repeat_interleave(
-        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    )
+    cand_req = batch.cand_request()
     cand_user, cand_p, cand_ts = (
         batch.req_user[cand_req],
         batch.req_pos[cand_req],
@@ -143,8 +137,7 @@ def transact2_forward(
     and, when ``next_action``, the next-action loss of the batch's requests."""
     tv2 = model.transact2
     assert tv2 is not None
-    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    cand_req = torch.repeat_interleave(torch.arange(batch.req_pos.numel()), n_per_req)
+    cand_req = batch.cand_request()
     cand_user, cand_p = batch.req_user[cand_req], batch.req_pos[cand_req]
     engaged = torch.from_numpy(
         event_labels(batch.events.action.numpy(), batch.events.weight.numpy()) > 0
@@ -231,9 +224,7 @@ def early_fusion(
     assert model.fusion is not None
     k = model.spec.last_k
     padded, pad = pad_jagged(window, offs, k)  # (R, k, d)
-    cand_req = torch.repeat_interleave(
-        torch.arange(batch.req_pos.numel()), batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    )
+    cand_req = batch.cand_request()
     ev = padded[cand_req]
     pm = pad[cand_req]
     z = model.fusion["mix_in"](torch.cat([ev, cand.unsqueeze(1).expand_as(ev)], dim=-1))

@@ -34,8 +34,7 @@ def causal_gsu(
     G = model.spec.gsu_k
     bank_k, bank_v = ranker.project_memory(model.mark_memory(e))
     M = q.shape[0]
-    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    cand_req = torch.repeat_interleave(torch.arange(n_per_req.numel()), n_per_req)
+    cand_req = batch.cand_request()
     cand_user, limit = batch.req_user[cand_req], upto[cand_req]
     rows = torch.full((M, G), -1, dtype=torch.long)
     with torch.no_grad():
@@ -67,8 +66,7 @@ def causal_cluster_gsu(
     ranker = model.ranker
     G, M, d = model.spec.gsu_k, q.shape[0], e.shape[1]
     H, D = q.shape[1], q.shape[2]
-    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    cand_req = torch.repeat_interleave(torch.arange(n_per_req.numel()), n_per_req)
+    cand_req = batch.cand_request()
     cand_user = batch.req_user[cand_req]
     pk = q.new_zeros(M, G, H, D)
     pv = q.new_zeros(M, G, H, D)

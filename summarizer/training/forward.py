@@ -54,10 +54,8 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     cand = model.ranker.embed_candidates(batch.cand_item)
     ctx = request_context(batch)
     if model.spec.kind == "transact2":  # with its next-action loss while training
-        n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-        ctx_c = torch.repeat_interleave(ctx, n_per_req, 0)
         logits, ratings, aux = transact2_forward(
-            model, e, cand, ctx_c, batch, next_action=torch.is_grad_enabled()
+            model, e, cand, ctx[batch.cand_request()], batch, next_action=torch.is_grad_enabled()
         )
         return BatchOutput(logits, ratings, None, aux_loss=aux)
     if model.spec.kind == "dv365":  # cached tokens + the events since, as VISTA's are read
@@ -75,8 +73,7 @@ def forward_targets(model: VistaModel, batch: TargetBatch, recon: bool = False) 
     if model.spec.uses_memory_bank:  # the bank holds what the summary holds: events before it
         sp = batch.req_pos if batch.req_summary_pos is None else batch.req_summary_pos
         gathered = causal_gsu(model, e, q, batch, sp)
-    n_per_req = batch.cand_offsets[1:] - batch.cand_offsets[:-1]
-    cand_req = torch.repeat_interleave(torch.arange(batch.req_pos.numel()), n_per_req)
+    cand_req = batch.cand_request()
     summaries = None
     if model.ranker.state_q is not None:  # readout "state": each candidate reads its rows
         summaries = (tokens, inverse[cand_req])

@@ -48,6 +48,11 @@ class TargetBatch:
     # within its user (summarizer.training.banks.bank_partition). None: the bank is the raw events.
     event_cluster: torch.Tensor | None = None
 
+    def cand_request(self) -> torch.Tensor:
+        """Each candidate's request index (C,)."""
+        n_per_req = self.cand_offsets[1:] - self.cand_offsets[:-1]
+        return torch.repeat_interleave(torch.arange(n_per_req.numel()), n_per_req)
+
 
 def target_positions(hist: Histories, u: int, window: Window) -> np.ndarray:
     a, b = hist.offsets[u], hist.offsets[u + 1]
