@@ -19,10 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lance
@@ -212,6 +213,10 @@ class _Snapshot:
         """The per-row arrays a read fetches: the tokens, and the moments if there are."""
         return ["tokens", "moments"] if self.moments else ["tokens"]
 
+    # Fragment index -> (a reader of its one data file, its lock), or None where the
+    # fragment's own take must be used; filled on first read of each fragment.
+    _files: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
+
     def take_payload(self, rows: np.ndarray) -> pa.Table:
         """The payload columns at sorted dataset row indices."""
         starts = self.fragment_starts
@@ -219,8 +224,49 @@ class _Snapshot:
             first = int(np.searchsorted(starts, rows[0], side="right")) - 1
             if rows[-1] < starts[first + 1]:  # all in one fragment: about 2x faster
                 local = (rows - starts[first]).tolist()
+                file = self._file_reader(first)
+                if file is not None:
+                    reader, lock = file
+                    with lock:  # a file reader serves one call at a time ("Already borrowed")
+                        return reader.take_rows(local).to_table()
                 return self.fragments[first].take(local, columns=self.payload)
         return self.ds.take(rows, columns=self.payload)
+
+    def _file_reader(self, i: int) -> tuple[Any, threading.Lock] | None:
+        """A reader of fragment ``i``'s data file (with the lock its calls take), for a local store whose fragment is that
+        one file as written (no deletions, no overlays, every row physical): its row
+        offsets are the fragment's, and its take skips the dataset layer (a one-row read
+        about 0.1 ms faster than the fragment's here: BENCHMARKS.md). None otherwise."""
+        if i in self._files:
+            return self._files[i]
+        reader = None
+        meta = self.fragments[i].metadata
+        assert self.fragment_starts is not None
+        rows = int(self.fragment_starts[i + 1] - self.fragment_starts[i])
+        local = "://" not in self.ds.uri or self.ds.uri.startswith("file://")
+        if (
+            local
+            and meta.deletion_file is None
+            and not getattr(meta, "overlays", None)
+            and len(meta.files) == 1
+            and meta.files[0].base_id is None
+            and meta.physical_rows == rows
+        ):
+            from lance.file import LanceFileReader
+
+            root = self.ds.uri.removeprefix("file://")
+            try:
+                reader = LanceFileReader(
+                    os.path.join(root, "data", meta.files[0].path), columns=self.payload
+                )
+                if reader.metadata().num_rows != rows:
+                    reader = None
+            except (OSError, ValueError, RuntimeError) as exc:  # e.g. a v1 file
+                log.debug("fragment %d: reading through the dataset (%s)", i, exc)
+                reader = None
+        file = None if reader is None else (reader, threading.Lock())
+        self._files[i] = file
+        return file
 
 
 class SummaryReader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import lance
 import numpy as np
@@ -207,9 +208,21 @@ def test_get_many_ids_is_one_read(store: SummaryStore) -> None:
     store.publish(records(range(50)), promote=True)
     reader = store.open_reader()
     calls = []
-    for obj in (reader._snap.ds, *reader._snap.fragments):
+    snap = reader._snap
+    for obj in (snap.ds, *snap.fragments):
         original = obj.take
         obj.take = lambda *a, _o=original, **k: calls.append(a) or _o(*a, **k)  # type: ignore[method-assign]
+    file_reader = snap._file_reader
+
+    def counted(i: int):  # noqa: ANN202  the data-file path counts too
+        file = file_reader(i)
+        if file is None:
+            return None
+        take_rows = file[0].take_rows
+        wrapped = SimpleNamespace(take_rows=lambda *a, **k: calls.append(a) or take_rows(*a, **k))
+        return wrapped, file[1]
+
+    object.__setattr__(snap, "_file_reader", counted)
     batch = reader.get(list(range(0, 60, 3)))
     assert len(calls) == 1
     assert sum(r.found for r in batch) == 17
@@ -233,6 +246,12 @@ def test_index_lookup_matches_take_lookup(store: SummaryStore) -> None:
         assert x.status == y.status
         if x.tokens is not None:
             np.testing.assert_array_equal(x.tokens, y.tokens)
+    # Both single-fragment paths were taken: the data file of the fragment written whole,
+    # the fragment's own take where rows were deleted.
+    files = take._snap._files
+    deleted = [f.metadata.deletion_file is not None for f in take._snap.fragments]
+    assert any(deleted) and not all(deleted)
+    assert all((files[i] is None) == deleted[i] for i in files) and len(files) == len(deleted)
     for x, y in zip(a, b, strict=True):
         assert x.n_events == y.n_events
         if x.tokens is not None:
