@@ -187,7 +187,8 @@ def test_bad_input_is_a_4xx_naming_the_problem(tmp_path: Path, batching: bool) -
             r = http.get(f"{url}{path}")
             assert r.status_code == code and words in r.json()["error"], (path, r.text)
         r = http.get(f"{url}/v1/score")
-        assert r.status_code == 405 and "error" in r.json()
+        assert r.status_code == 405 and "POST" in r.json()["error"]
+        assert r.headers["allow"] == "POST"
         # The service still answers afterwards.
         assert http.post(f"{url}/v1/score", json={"user_id": 1, "candidate_ids": [1]}).is_success
         with ScorerClient(url) as client, pytest.raises(InvalidRequestError, match="negative"):
