@@ -207,15 +207,14 @@ class _Snapshot:
     fragment_starts: np.ndarray | None = None
     moments: int = 0  # second moments a row carries (a ridge read-out's summaries), or 0
     model_versions: tuple[str, ...] = ()  # the models of its rows (take lookup; else empty)
+    # take lookup: fragment index -> (a reader of its one data file, its lock), or None
+    # where the fragment's own take must be used; filled on first read of each fragment.
+    _files: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def payload(self) -> list[str]:
         """The per-row arrays a read fetches: the tokens, and the moments if there are."""
         return ["tokens", "moments"] if self.moments else ["tokens"]
-
-    # Fragment index -> (a reader of its one data file, its lock), or None where the
-    # fragment's own take must be used; filled on first read of each fragment.
-    _files: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def take_payload(self, rows: np.ndarray) -> pa.Table:
         """The payload columns at sorted dataset row indices."""
@@ -233,10 +232,10 @@ class _Snapshot:
         return self.ds.take(rows, columns=self.payload)
 
     def _file_reader(self, i: int) -> tuple[Any, threading.Lock] | None:
-        """A reader of fragment ``i``'s data file (with the lock its calls take), for a local store whose fragment is that
-        one file as written (no deletions, no overlays, every row physical): its row
-        offsets are the fragment's, and its take skips the dataset layer (a one-row read
-        about 0.1 ms faster than the fragment's here: BENCHMARKS.md). None otherwise."""
+        """A reader of fragment ``i``'s data file and the lock its calls take, for a local
+        store whose fragment is that one file as written (no overlays, and as many rows as
+        the file holds: none deleted): its row offsets are the fragment's, and its take
+        skips the dataset layer (benchmarks/take_path.py). None otherwise."""
         if i in self._files:
             return self._files[i]
         reader = None
@@ -246,7 +245,6 @@ class _Snapshot:
         local = "://" not in self.ds.uri or self.ds.uri.startswith("file://")
         if (
             local
-            and meta.deletion_file is None
             and not getattr(meta, "overlays", None)
             and len(meta.files) == 1
             and meta.files[0].base_id is None
