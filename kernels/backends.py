@@ -166,7 +166,8 @@ class TorchAttention(AttentionBackend):
     def apply(self, inp: AttentionInputs, out: torch.Tensor | None = None) -> torch.Tensor:
         mem = inp.memory
         if mem is None:
-            o = reference.cross_attention(
+            assert inp.q_offsets is not None and inp.kv_offsets is not None
+            o = reference.cross_attention_checked(
                 inp.q, inp.k, inp.v, inp.q_offsets, inp.kv_offsets, inp.kv_bias, inp.scale
             )
         else:

@@ -137,8 +137,22 @@ def cross_attention(
     q's dtype. A request with no tokens gives zeros for its candidates.
     """
     check_qkv(q, k, v)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q_offsets, kv_offsets = normalize_offsets(q, k, q_offsets, kv_offsets)
+    return cross_attention_checked(q, k, v, q_offsets, kv_offsets, kv_bias, scale)
+
+
+def cross_attention_checked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    kv_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`cross_attention` of inputs already checked, offsets normalized (what
+    :func:`kernels.attention` hands its torch backend: the checks run once a call)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     B = q_offsets.numel() - 1
     out_dtype = q.dtype
     cdt = _compute_dtype(q.dtype)

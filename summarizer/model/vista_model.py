@@ -31,7 +31,7 @@ from summarizer.model.dv365 import DV365
 from summarizer.model.encoder import EventBatch, EventEncoder, ItemEmbedding, previous_times
 from summarizer.model.hstu import HSTU
 from summarizer.model.longer import Longer
-from summarizer.model.ranker import CandidateRanker, context_features
+from summarizer.model.ranker import CandidateRanker, context_rows
 from summarizer.model.reconstruction import ReconstructionDecoder
 from summarizer.model.ridge import RidgeMemory
 from summarizer.model.summarization import VistaSummarizer
@@ -356,9 +356,8 @@ class VistaModel(nn.Module):
         # Offsets from Python ints: one small tensor each (per-request overhead, ~us a call).
         q_offsets = torch.tensor([0, *itertools.accumulate(counts)])
         memory_offsets = torch.tensor([0, *itertools.accumulate(len(p) for p in parts)])
-        context = context_features(
-            torch.tensor([r.n_events for r in requests]),
-            torch.tensor([r.hours_since_last for r in requests], dtype=torch.float32),
+        context = context_rows(
+            [r.n_events for r in requests], [r.hours_since_last for r in requests]
         )
         gathered = None
         if any(r.bank is not None for r in requests):

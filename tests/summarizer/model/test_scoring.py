@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from summarizer.model import vista_model
+from summarizer.model import ranker, vista_model
 from summarizer.model.vista_model import ScoringRequest, VistaModel
 from tests.helpers import SMALL, random_events
 
@@ -175,3 +175,18 @@ def test_state_readout_tokens_are_the_state_rows_and_candidates_read_them() -> N
             summaries=(torch.zeros(16, 32), None),
         )
     assert torch.allclose(cold, zeros)
+
+
+def test_serving_context_equals_the_training_context() -> None:
+    """Serving builds the request context from Python numbers (context_rows); training
+    computes it with tensor ops (context_features). They agree to float32 rounding,
+    including a negative gap (clock skew: clamped to 0) and a history past 2^24 events."""
+    n = [0, 1, 7, 1000, 123_457, 2**24 + 1, 2**31]
+    hours = [-3.0, 0.0, 0.25, 1.5, 48.0, 1e5, 7e6]
+    served = ranker.context_rows(n, hours)
+    trained = ranker.context_features(torch.tensor(n), torch.tensor(hours, dtype=torch.float32))
+    assert served.dtype == trained.dtype == torch.float32
+    assert served.shape == trained.shape == (len(n), ranker.N_CONTEXT)
+    assert torch.allclose(served, trained, rtol=1e-6, atol=1e-7)
+    assert served[0].tolist() == [0.0, 0.0]
+    assert ranker.context_rows([], []).shape == (0, ranker.N_CONTEXT)
