@@ -190,7 +190,7 @@ class CandidateRanker(nn.Module):
             attn = attention(q, k, v, q_offsets, kv_offsets, kv_bias, scale=scale)
         if state is not None:
             attn = attn + self.read_state(cand, *state)
-        if context.shape[0] == 1:  # one request: a view, no copy (what serving mostly runs)
+        if context.shape[0] == 1 and q_offsets.numel() == 2:  # one request: a view, no copy
             per_cand = context.expand(cand.shape[0], -1)
         else:
             counts = (q_offsets[1:] - q_offsets[:-1]).long()
