@@ -348,24 +348,26 @@ class _Front:
 
     async def _score(self, scope: Any, receive: Any) -> tuple[int, bytes]:
         if scope["method"] != "POST":
-            return 405, error_body(InvalidRequestError("use POST for /v1/score"), 405)[1]
-        too_big = error_body(InvalidRequestError(f"the body is over {self.max_body} bytes"), 413)
+            return error_body(InvalidRequestError("use POST for /v1/score"), 405)
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                return too_big
+                return self._too_big()
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return 400, error_body(InvalidRequestError("the client went away"), 400)[1]
+                return error_body(InvalidRequestError("the client went away"), 400)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return too_big
+                return self._too_big()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return await self.score(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _too_big(self) -> tuple[int, bytes]:
+        return error_body(InvalidRequestError(f"the body is over {self.max_body} bytes"), 413)
 
 
 async def _send_json(
